@@ -1,0 +1,3 @@
+from bbn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Cumulative learning adaptors (SPEC §1-§2): alpha for the current epoch.
+
+T is the 0-based epoch (epoch - 1). T_max is the number of epochs, except for 90 or
+180 epochs, where the reference uses 100 * (epochs // 100 + 1), so alpha never reaches
+0 on the 180-epoch iNaturalist schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bbn.registry import Registry
+
+# An adaptor maps (T, T_max, generator) -> alpha in [0, 1]; only "beta" uses the generator.
+Adaptor = Callable[[int, int, torch.Generator], float]
+ADAPTORS: Registry[Adaptor] = Registry("adaptor")
+
+
+def t_max(epochs: int) -> int:
+    """T_max for a schedule of `epochs` epochs (the reference's rule)."""
+    return 100 * (epochs // 100 + 1) if epochs in (90, 180) else epochs
+
+
+@ADAPTORS.register("parabolic_decay")
+def parabolic_decay(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = 1 - (T / T_max)^2: the paper's adaptor."""
+    return 1.0 - (T / T_max) ** 2
+
+
+@ADAPTORS.register("equal")
+def equal(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = 0.5 throughout."""
+    return 0.5
+
+
+@ADAPTORS.register("beta")
+def beta(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha ~ Beta(0.2, 0.2), drawn afresh every step (seeded through `generator`)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(0.2, 0.2))
+
+
+@ADAPTORS.register("parabolic_increment")
+def parabolic_increment(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = (T / T_max)^2."""
+    return (T / T_max) ** 2
+
+
+@ADAPTORS.register("linear_decay")
+def linear_decay(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = 1 - T / T_max."""
+    return 1.0 - T / T_max
+
+
+@ADAPTORS.register("cosine_decay")
+def cosine_decay(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = cos(T / T_max * pi / 2)."""
+    return math.cos(T / T_max * math.pi / 2)
+
+
+@ADAPTORS.register("step")
+def step(T: int, T_max: int, generator: torch.Generator) -> float:
+    """alpha = 1 for the first 60 % of T_max, then 0 (epochs 1..120 of 200 in the reference)."""
+    return 1.0 if T < 0.6 * T_max else 0.0
+
+
+def cumulative_alpha(name: str, epoch: int, epochs: int, generator: torch.Generator) -> float:
+    """alpha of adaptor `name` at the 1-based `epoch` of an `epochs`-epoch schedule."""
+    return ADAPTORS.get(name)(epoch - 1, t_max(epochs), generator)
+
+
+def is_stochastic(name: str) -> bool:
+    """Whether the adaptor draws a new alpha every step (only 'beta')."""
+    return ADAPTORS.get(name) is beta

@@ -1,0 +1,66 @@
+"""The bilateral-branch model (SPEC §1-§2): a weight-shared trunk, one last block per
+branch, and ONE linear classifier over cat(f_c, f_r).
+
+`features(x, branch)` gives f_c or f_r; `logits(f_c, f_r, alpha)` is the cumulative
+mixing; `forward(x)` is inference (alpha = 0.5, the same image through both branches).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+BRANCHES = ("conventional", "rebalancing")
+
+
+class BilateralModel(nn.Module):
+    """`backbone` must offer `trunk(x)`, `cb_block` and `rb_block`; `classifier` is the
+    single Linear(2D, C) whose first D input columns are W_c and last D are W_r."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.classifier = nn.Linear(2 * feature_dim, num_classes)
+
+    def _block(self, branch: str) -> nn.Module:
+        if branch == "conventional":
+            return self.backbone.cb_block
+        if branch == "rebalancing":
+            return self.backbone.rb_block
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+
+    def features(self, x: torch.Tensor, branch: str) -> torch.Tensor:
+        """f_c (branch='conventional') or f_r ('rebalancing'): trunk, branch block, GAP."""
+        return self._block(branch)(self.backbone.trunk(x)).mean(dim=(2, 3))
+
+    def features_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f_c and f_r of the SAME images, sharing one trunk pass (inference)."""
+        shared = self.backbone.trunk(x)
+        return (self.backbone.cb_block(shared).mean(dim=(2, 3)),
+                self.backbone.rb_block(shared).mean(dim=(2, 3)))
+
+    def logits(self, f_c: torch.Tensor, f_r: torch.Tensor, alpha: float) -> torch.Tensor:
+        """z = 2*alpha*W_c f_c + 2*(1-alpha)*W_r f_r + b: the classifier applied to
+        2 * cat(alpha f_c, (1 - alpha) f_r) (SPEC §2; the factor 2 keeps training and
+        inference logits on one scale)."""
+        return self.classifier(2.0 * torch.cat((alpha * f_c, (1.0 - alpha) * f_r), dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference logits: alpha = 0.5, i.e. W_c f_c + W_r f_r + b of the same image."""
+        f_c, f_r = self.features_both(x)
+        return self.logits(f_c, f_r, 0.5)
+
+    @property
+    def W_c(self) -> torch.Tensor:  # noqa: N802 - paper name
+        return self.classifier.weight[:, : self.feature_dim]
+
+    @property
+    def W_r(self) -> torch.Tensor:  # noqa: N802 - paper name
+        return self.classifier.weight[:, self.feature_dim :]
+
+    def branch_logits(self, x: torch.Tensor, branch: str) -> torch.Tensor:
+        """BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b) single-branch logits."""
+        f = self.features(x, branch)
+        w = self.W_c if branch == "conventional" else self.W_r
+        return f @ w.t() + self.classifier.bias

@@ -1,0 +1,249 @@
+"""End-of-run report: `report.md` plus per-class, training-curve and confusion PNGs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from bbn.data.longtail import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
+from bbn.errors import BBNError
+
+_GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
+_GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 1} imgs",
+                "medium": f"{FEW_SHOT_MAX + 1}-{MANY_SHOT_MIN - 1} imgs"}
+_MAX_TICKS = 30
+_TABLE_EDGE = 10
+
+
+def _pct(value: float | None) -> str:
+    """Percent value as `12.34%`, or `n/a` for None/NaN."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    return f"{float(value):.2f}%"
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as `1h 02m 03s` / `2m 03.0s` / `3.2s`."""
+    s = float(seconds)
+    if s >= 3600:
+        return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m {int(s % 60):02d}s"
+    if s >= 60:
+        return f"{int(s // 60)}m {s % 60:04.1f}s"
+    return f"{s:.1f}s"
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Render a standalone Agg figure to PNG and drop it."""
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    fig.clear()
+
+
+def _plot_per_class(path: Path, acc: np.ndarray, counts: np.ndarray,
+                    order: np.ndarray, names: list[str] | None) -> None:
+    """Accuracy bars and class-size line, classes sorted head to tail, groups shaded."""
+    n = len(order)
+    x = np.arange(n)
+    groups = [shot_group(int(counts[i])) for i in order]
+    width = max(7.0, min(16.0, 0.35 * n))
+    ncol = 4 if width >= 10 else 2
+    fig = Figure(figsize=(width, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(x, np.nan_to_num(acc[order]), color=[_GROUP_COLOURS[g] for g in groups],
+           width=0.8 if n <= 200 else 1.0, zorder=2)
+    handles = []
+    for g in SHOT_GROUPS:
+        idx = [i for i, gg in enumerate(groups) if gg == g]
+        if not idx:
+            continue
+        ax.axvspan(min(idx) - 0.5, max(idx) + 0.5, color=_GROUP_COLOURS[g], alpha=0.08, zorder=0)
+        handles.append(Patch(color=_GROUP_COLOURS[g],
+                             label=f"{g} ({_GROUP_RULES[g]}, {len(idx)} cls)"))
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 125 if ncol == 4 else 140)  # headroom above 100% for the legend
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Per-class test accuracy vs training class size (head → tail)")
+    if n <= _MAX_TICKS:
+        labels = [names[i] if names else str(i) for i in order]
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=60 if n > 10 else 0, ha="right" if n > 10 else "center",
+                           fontsize=8)
+        ax.set_xlabel("class (sorted by training images, head → tail)")
+    else:
+        ax.set_xlabel(f"class rank by training images (0 = head, {n - 1} = tail)")
+    ax2 = ax.twinx()
+    sizes = counts[order].astype(float)
+    (line,) = ax2.plot(x, sizes, color="black", marker="o" if n <= 50 else None,
+                       markersize=3, linewidth=1.2, label="training images")
+    if sizes.min() > 0 and sizes.max() / sizes.min() >= 10:
+        ax2.set_yscale("log")
+    ax2.set_ylabel("training images per class" + (" (log)" if ax2.get_yscale() == "log" else ""))
+    ax2.legend(handles=handles + [line], loc="upper center", ncol=ncol, fontsize=8, framealpha=0.95)
+    if ax2.get_yscale() == "log":
+        ax2.set_ylim(sizes.min() / 1.5, sizes.max() * 4)
+    else:
+        ax2.set_ylim(0, sizes.max() * 1.3)
+    _save(fig, path)
+
+
+def _plot_curves(path: Path, history: list[dict]) -> None:
+    """Loss, accuracy and (when present) alpha / lr against epoch."""
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+    has_sched = any(h.get("alpha") is not None or h.get("lr") is not None for h in history)
+    rows = 3 if has_sched else 2
+    fig = Figure(figsize=(8, 2.8 * rows))
+    ax_loss = fig.add_subplot(rows, 1, 1)
+    ax_loss.plot(*series("train_loss"), marker=".", color="#4c72b0")
+    ax_loss.set_ylabel("train loss")
+    ax_loss.set_title("Training curves")
+    ax_acc = fig.add_subplot(rows, 1, 2, sharex=ax_loss)
+    ax_acc.plot(*series("train_acc"), marker=".", label="train acc")
+    ax_acc.plot(*series("val_top1"), marker="o", label="val top-1 (evaluated epochs)")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.legend(fontsize=8)
+    ax_last = ax_acc
+    if has_sched:
+        ax_s = fig.add_subplot(rows, 1, 3, sharex=ax_loss)
+        ex, alpha = series("alpha")
+        if alpha:
+            ax_s.plot(ex, alpha, color="#55a868", label="alpha (conventional weight)")
+        ax_s.set_ylabel("alpha")
+        ax_s.set_ylim(-0.05, 1.05)
+        lx, lr = series("lr")
+        handles = ax_s.get_lines()
+        if lr:
+            ax_lr = ax_s.twinx()
+            handles = handles + ax_lr.plot(lx, lr, color="#8172b2", linestyle="--",
+                                           drawstyle="steps-post", label="lr")
+            if min(lr) > 0 and max(lr) / min(lr) >= 10:
+                ax_lr.set_yscale("log")
+            ax_lr.set_ylabel("learning rate")
+        ax_s.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8)
+        ax_last = ax_s
+    ax_last.set_xlabel("epoch")
+    ax_last.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in (ax_loss, ax_acc, ax_last):
+        a.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _plot_confusion(path: Path, confusion: np.ndarray, names: list[str] | None) -> None:
+    """Row-normalised confusion matrix (rows = true class) with a colorbar."""
+    c = confusion.shape[0]
+    totals = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, totals, out=np.zeros_like(confusion, dtype=float), where=totals > 0)
+    side = max(5.0, min(12.0, 0.3 * c + 3))
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if c <= _MAX_TICKS:
+        labels = names if names else [str(i) for i in range(c)]
+        ax.set_xticks(range(c))
+        ax.set_yticks(range(c))
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (row-normalised)")
+    _save(fig, path)
+
+
+def _class_rows(order: np.ndarray, acc: np.ndarray, counts: np.ndarray,
+                names: list[str] | None) -> list[str]:
+    """Per-class Markdown table rows, head to tail (head/tail 10 only beyond 30 classes)."""
+    def row(i: int) -> str:
+        name = _cell(names[i]) if names else "-"
+        return f"| {i} | {name} | {int(counts[i])} | {_pct(float(acc[i]))} |"
+
+    lines = ["| class | name | train images | accuracy |", "|---:|---|---:|---:|"]
+    if len(order) <= _MAX_TICKS:
+        return lines + [row(int(i)) for i in order]
+    skipped = len(order) - 2 * _TABLE_EDGE
+    return (lines + [row(int(i)) for i in order[:_TABLE_EDGE]]
+            + [f"| … | *{skipped} classes omitted* | | |"]
+            + [row(int(i)) for i in order[-_TABLE_EDGE:]])
+
+
+def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) -> Path:
+    """Write `report.md` and its PNG plots into `run_dir`; return the report's path."""
+    run_dir = Path(run_dir)
+    acc = np.array([np.nan if a is None else float(a) for a in final["per_class"]])
+    counts = np.asarray(final["class_counts"], dtype=np.int64)
+    names = final.get("class_names") or None
+    if len(counts) == 0 or len(acc) != len(counts) or (names and len(names) != len(counts)):
+        raise BBNError(f"report: per_class ({len(acc)}), class_counts ({len(counts)}) and "
+                       f"class_names ({len(names or [])}) must all have one entry per class")
+    order = np.argsort(-counts, kind="stable")
+    n_in = {g: sum(shot_group(int(k)) == g for k in counts) for g in SHOT_GROUPS}
+
+    images: list[tuple[str, str]] = []
+    _plot_per_class(run_dir / "per_class.png", acc, counts, order, names)
+    images.append(("Per-class accuracy vs class size", "per_class.png"))
+    if history:
+        _plot_curves(run_dir / "curves.png", history)
+        images.append(("Training curves", "curves.png"))
+    if final.get("confusion") is not None:
+        confusion = np.asarray(final["confusion"], dtype=float)
+        _plot_confusion(run_dir / "confusion.png", confusion, names)
+        images.append(("Confusion matrix", "confusion.png"))
+
+    data, model = config.get("data") or {}, config.get("model") or {}
+    method, train = config.get("method") or {}, config.get("train") or {}
+    method_txt = str(method.get("name", "n/a"))
+    if method.get("name") == "bbn":
+        method_txt += (f" (adaptor: {method.get('adaptor', 'n/a')}, "
+                       f"rebalance sampler: {method.get('rebalance_sampler', 'n/a')})")
+    ratio, best_epoch = data.get("imbalance_ratio"), final.get("best_epoch", "n/a")
+    observed = f"{counts.max() / counts.min():.1f}" if counts.min() > 0 else "n/a"
+    lines = [
+        f"# Run report: {config.get('name', run_dir.name)}", "",
+        "| metric | value |", "|---|---:|",
+        f"| top-1, last epoch | {_pct(final.get('top1'))} |",
+        f"| best top-1 (best epoch {best_epoch}) | {_pct(final.get('best_top1'))} |",
+        f"| best epoch | {best_epoch} |",
+        f"| top-5, last epoch | {_pct(final.get('top5'))} |",
+        f"| error, last epoch | {_pct(final.get('error'))} |",
+    ]
+    lines += [f"| {g}-shot top-1 ({_GROUP_RULES[g]}, {n_in[g]} classes) | {_pct(final.get(g))} |"
+              for g in SHOT_GROUPS]
+    lines += [
+        "",
+        f"- Method: {method_txt}",
+        f"- Model: {model.get('name', 'n/a')}",
+        f"- Dataset: {data.get('source', 'n/a')} ({len(counts)} classes, {int(counts.sum())} "
+        f"training images, profile {data.get('profile', 'n/a')})",
+        f"- Imbalance ratio: {ratio if ratio is not None else 'n/a'} configured, "
+        f"{observed} observed ({int(counts.max())} / {int(counts.min())} images)",
+        f"- Epochs: {train.get('epochs', 'n/a')} configured, {len(history)} recorded",
+        f"- Parameters: {int(final.get('num_params', 0)):,}",
+        f"- Training time: {_duration(final.get('train_s', 0.0))}",
+        "",
+    ]
+    for title, fname in images:
+        lines += [f"## {title}", "", f"![{title}]({fname})", ""]
+    lines += ["## Per-class accuracy (head → tail)", ""]
+    if len(order) > _MAX_TICKS:
+        lines += [f"Showing only the {_TABLE_EDGE} head and {_TABLE_EDGE} tail classes "
+                  f"of {len(order)}; see per_class.png for all.", ""]
+    lines += _class_rows(order, acc, counts, names) + [""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

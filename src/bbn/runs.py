@@ -1,0 +1,80 @@
+"""The run folder contract (DESIGN.md): config.yaml, metrics.jsonl, final.json,
+checkpoints/last.pt and best.pt, report.md with plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bbn.config import Config, save_config
+from bbn.errors import BBNError
+
+
+class RunDir:
+    """Paths of one run folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.yaml")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    final = property(lambda self: self.root / "final.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last = property(lambda self: self.root / "checkpoints" / "last.pt")
+    best = property(lambda self: self.root / "checkpoints" / "best.pt")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+
+
+def default_run_path(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(path: str | Path, cfg: Config) -> RunDir:
+    """Create a fresh run folder holding config.yaml. An existing non-empty folder is an
+    error (never overwritten, never a question)."""
+    run = RunDir(path)
+    if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
+        raise BBNError(
+            f"run folder '{run.root}' already exists; continue it with "
+            f"'bbn train --resume {run.root}' or choose another --out"
+        )
+    created = not run.root.exists()
+    try:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    except OSError as exc:
+        if created:
+            _remove_tree(run.root)
+        raise BBNError(
+            f"cannot write the run folder '{run.root}' ({exc.strerror or exc}); choose a writable --out"
+        ) from None
+    return run
+
+
+def _remove_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    root.rmdir()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
