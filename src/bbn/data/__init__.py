@@ -1,0 +1,1 @@
+"""Images, labels and class counts: sources, long-tail subsets, samplers, loader, augmentation."""

@@ -1,0 +1,92 @@
+"""Long-tailed subsets (SPEC §4): exp / step profiles, class counts and shot groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bbn.data.sources import LabeledImages
+from bbn.errors import BBNError
+
+# Shot groups (OLTR / Decoupling convention): many > 100, medium 20..100, few < 20 images.
+MANY_SHOT_MIN = 101
+FEW_SHOT_MAX = 19
+SHOT_GROUPS = ("many", "medium", "few")
+
+
+def longtail_counts(n_max: float, num_classes: int, imbalance_ratio: float, profile: str) -> list[int]:
+    """n_i per class (the rule shared with LDAM-DRW and BBN).
+
+    exp:  n_i = int(n_max * (1/IR)^(i/(C-1)));  step: first half n_max, second half
+    n_max/IR;  none: n_max for every class.
+    """
+    if imbalance_ratio < 1:
+        raise BBNError(f"imbalance ratio must be >= 1, got {imbalance_ratio}")
+    imb_factor = 1.0 / imbalance_ratio
+    if profile == "exp":
+        if num_classes == 1:
+            return [int(n_max)]
+        return [int(n_max * imb_factor ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    if profile == "step":
+        half = num_classes // 2
+        return [int(n_max)] * half + [int(n_max * imb_factor)] * (num_classes - half)
+    if profile == "none":
+        return [int(n_max)] * num_classes
+    raise BBNError(f"unknown long-tail profile '{profile}'; known: exp, step, none")
+
+
+def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, seed: int) -> LabeledImages:
+    """Keep the first n_i images of each class after a seeded per-class shuffle.
+
+    n_max is the size of the smallest class (CIFAR: 5,000 / 500, as len(data)/C in the
+    reference). The shuffle uses NumPy's legacy RandomState(seed) class by class, which is
+    the reference's sequence, so seed 0 gives the reference's subset.
+    """
+    counts = data.class_counts()
+    n_max = min(counts)
+    if n_max == 0:
+        empty = counts.index(0)
+        raise BBNError(
+            f"class {empty} ('{data.class_names[empty]}') has no images in the source; "
+            "every class needs at least one"
+        )
+    wanted = longtail_counts(n_max, data.num_classes, imbalance_ratio, profile)
+    rng = np.random.RandomState(seed)
+    labels = data.labels.numpy()
+    keep: list[np.ndarray] = []
+    for c, n_c in enumerate(wanted):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        keep.append(idx[:n_c])
+    return data.subset(torch.from_numpy(np.concatenate(keep)))
+
+
+def shot_group(count: int) -> str:
+    """'many' (> 100 training images), 'medium' (20..100) or 'few' (< 20)."""
+    if count >= MANY_SHOT_MIN:
+        return "many"
+    if count <= FEW_SHOT_MAX:
+        return "few"
+    return "medium"
+
+
+def shot_groups(counts: list[int]) -> dict[str, list[int]]:
+    """Class ids of each shot group, from training class counts."""
+    groups: dict[str, list[int]] = {g: [] for g in SHOT_GROUPS}
+    for c, n in enumerate(counts):
+        groups[shot_group(n)].append(c)
+    return groups
+
+
+def check_trainable(counts: list[int], class_names: list[str]) -> None:
+    """Every class must have a training image: the reversed sampler's w_i = N_max / N_i
+    divides by N_i, and a class the model never sees cannot be learned. We refuse rather
+    than silently give the class zero probability."""
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        c = empty[0]
+        raise BBNError(
+            f"class {c} ('{class_names[c]}') has no training images ({len(empty)} empty class(es)); "
+            "the reversed sampler needs N_i >= 1 (w_i = N_max/N_i): lower data.imbalance_ratio "
+            "or remove the class"
+        )

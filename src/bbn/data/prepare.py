@@ -1,0 +1,51 @@
+"""Config -> the long-tailed training set, the test set and the normalisation to use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from bbn.config import Config
+from bbn.data.longtail import check_trainable, make_longtail
+from bbn.data.sources import LabeledImages, load_source
+from bbn.errors import BBNError
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: LabeledImages
+    test: LabeledImages
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def class_counts(self) -> list[int]:
+        return self.train.class_counts()
+
+
+def resize(data: LabeledImages, size: int) -> LabeledImages:
+    """Bilinear resize of every image to size x size, kept as uint8."""
+    if tuple(data.images.shape[2:]) == (size, size):
+        return data
+    images = F.interpolate(data.images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return replace(data, images=images.round().clamp(0, 255).to(torch.uint8))
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
+    splits = load_source(cfg.data)
+    train, test = splits.train, splits.test
+    if cfg.data.profile != "none" or cfg.data.imbalance_ratio != 1:
+        train = make_longtail(train, cfg.data.imbalance_ratio, cfg.data.profile, cfg.data.subset_seed)
+    if cfg.data.image_size is not None:
+        train, test = resize(train, cfg.data.image_size), resize(test, cfg.data.image_size)
+    check_trainable(train.class_counts(), train.class_names)
+    channels = train.images.shape[1]
+    mean = tuple(cfg.augment.mean) if cfg.augment.mean is not None else splits.mean
+    std = tuple(cfg.augment.std) if cfg.augment.std is not None else splits.std
+    for key, vals in (("augment.mean", mean), ("augment.std", std)):
+        if len(vals) != channels:
+            raise BBNError(f"{key} has {len(vals)} values but the images have {channels} channel(s); give {channels}")
+    return PreparedData(train, test, mean, std)

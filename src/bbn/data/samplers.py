@@ -1,0 +1,135 @@
+"""Samplers (SPEC §1-§2): uniform, reversed, balanced, and BBN's pairing of the two branches.
+
+Every sampler draws from an explicit `torch.Generator` and returns index tensors; nothing
+loops over samples in Python. Index tensors live on the CPU (they are tiny) and gather
+images on whatever device the images are on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from bbn.errors import BBNError
+from bbn.registry import Registry
+
+
+def reversed_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
+    """P_i = w_i / sum_j w_j with w_i = N_max / N_i (SPEC §1, the reversed sampler)."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if bool((n <= 0).any()):
+        raise BBNError("the reversed sampler needs N_i >= 1 for every class (w_i = N_max/N_i)")
+    w = n.max() / n
+    return w / w.sum()
+
+
+def balanced_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
+    """P_i = 1/C over the classes that have images (class-balanced sampling)."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if bool((n <= 0).any()):
+        raise BBNError("class-balanced sampling needs N_i >= 1 for every class")
+    return torch.full_like(n, 1.0 / len(n))
+
+
+class ClassSampler:
+    """Draw a class from `class_probs`, then an image of that class uniformly (with replacement)."""
+
+    def __init__(self, labels: torch.Tensor, class_probs: torch.Tensor) -> None:
+        labels = labels.cpu()
+        self.class_probs = class_probs.to(torch.float64)
+        self.order = torch.argsort(labels, stable=True)  # image ids grouped by class
+        counts = torch.bincount(labels, minlength=len(class_probs))
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        classes = torch.multinomial(self.class_probs, n, replacement=True, generator=generator)
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        offset = (u * self.counts[classes]).long().clamp_max(self.counts[classes] - 1)
+        return self.order[self.starts[classes] + offset]
+
+
+class InstanceSampler:
+    """Every image equally likely, with replacement (the 'uniform' re-balancing option)."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.n = int(labels.shape[0])
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.n, (n,), generator=generator)
+
+
+def _counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(labels.cpu(), minlength=num_classes)
+
+
+REBALANCE_SAMPLERS: Registry[Callable[[torch.Tensor, int], ClassSampler | InstanceSampler]] = Registry(
+    "re-balancing sampler"
+)
+
+
+@REBALANCE_SAMPLERS.register("reversed")
+def reversed_sampler(labels: torch.Tensor, num_classes: int) -> ClassSampler:
+    return ClassSampler(labels, reversed_class_probs(_counts(labels, num_classes)))
+
+
+@REBALANCE_SAMPLERS.register("balanced")
+def balanced_sampler(labels: torch.Tensor, num_classes: int) -> ClassSampler:
+    return ClassSampler(labels, balanced_class_probs(_counts(labels, num_classes)))
+
+
+@REBALANCE_SAMPLERS.register("uniform")
+def uniform_sampler(labels: torch.Tensor, num_classes: int) -> InstanceSampler:
+    return InstanceSampler(labels)
+
+
+class UniformSampler:
+    """Each image once per epoch in a fresh seeded permutation, cut into batches."""
+
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = True) -> None:
+        if num_samples == 0:
+            raise BBNError("the training set is empty; check data.source and the long-tail settings")
+        if drop_last and num_samples < batch_size:
+            raise BBNError(
+                f"train.batch_size={batch_size} is larger than the training set ({num_samples} images) "
+                f"with drop_last; lower train.batch_size or set train.drop_last=false"
+            )
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        perm = torch.randperm(self.num_samples, generator=generator)
+        for step in range(len(self)):
+            yield perm[step * self.batch_size : (step + 1) * self.batch_size]
+
+
+class BBNPairSampler:
+    """One re-balancing sample per uniform sample (SPEC §1): yields (idx_c, idx_r) per step.
+
+    The epoch's uniform permutation and all its re-balancing draws come from the same
+    generator, in that order, so a run is reproducible from the generator state at the
+    start of the epoch.
+    """
+
+    def __init__(self, uniform: UniformSampler, rebalance: ClassSampler | InstanceSampler) -> None:
+        self.uniform = uniform
+        self.rebalance = rebalance
+
+    def __len__(self) -> int:
+        return len(self.uniform)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = list(self.uniform.epoch(generator))
+        drawn = self.rebalance.draw(sum(len(b) for b in batches), generator)
+        start = 0
+        for idx_c in batches:
+            idx_r = drawn[start : start + len(idx_c)]
+            start += len(idx_c)
+            yield idx_c, idx_r
