@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,23 +42,27 @@ def create_run_dir(path: str | Path, cfg: Config) -> RunDir:
             f"run folder '{run.root}' already exists; continue it with "
             f"'bbn train --resume {run.root}' or choose another --out"
         )
-    created = not run.root.exists()
+    created = _first_missing(run.root)
     try:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
     except OSError as exc:
-        if created:
-            _remove_tree(run.root)
+        if created is not None and created.is_dir():
+            shutil.rmtree(created, ignore_errors=True)
         raise BBNError(
             f"cannot write the run folder '{run.root}' ({exc.strerror or exc}); choose a writable --out"
         ) from None
     return run
 
 
-def _remove_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-    root.rmdir()
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir -p would create)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def write_json(path: Path, obj: Any) -> None:

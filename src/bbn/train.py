@@ -3,12 +3,15 @@ folder and resume. Nothing here is method-specific: the method gives the loss.""
 
 from __future__ import annotations
 
+import platform
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -56,6 +59,8 @@ def build_session(cfg: Config) -> Session:
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
     model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
@@ -180,12 +185,22 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
     return finish(s, run)
 
 
+def versions() -> dict[str, str]:
+    """Software a run was made with (recorded in final.json)."""
+    import torchvision
+
+    from bbn import __version__
+
+    return {"bbn": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
 def finish(s: Session, run: RunDir) -> dict[str, Any]:
     """final.json (last-epoch metrics plus the best epoch's top-1) and report.md."""
     final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     final.update(best_top1=s.best_top1, best_epoch=s.best_epoch, class_counts=s.data.class_counts,
                  class_names=s.data.train.class_names, num_params=num_params(s.model),
-                 train_s=s.train_s, epochs=s.epoch)
+                 train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions())
     write_json(run.final, final)
     write_report(run.root, final, s.history, s.cfg.to_dict())
     return final

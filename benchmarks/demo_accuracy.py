@@ -1,0 +1,87 @@
+"""Accuracy of the demo: BBN and the CE control on digits-LT over several seeds.
+
+    python benchmarks/demo_accuracy.py [--seeds 3] [--out runs/demo-accuracy] [--append]
+
+Trains each preset once per seed (the data subset is fixed by data.subset_seed; `seed`
+changes initialisation, sampling and augmentation), prints a Markdown table of top-1 and
+shot-group accuracy (mean ± std over seeds) with the wall time of one run, and with
+--append adds it to benchmarks/RESULTS.md with the machine, the command and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bbn.config import load_config
+from bbn.train import start_run
+
+PRESETS = ("digits_bbn", "digits_ce")
+COLUMNS = ("top1", "many", "medium", "few")
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def _cell(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="runs/demo-accuracy", help="parent folder of the runs")
+    parser.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
+    args = parser.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for preset in PRESETS:
+        finals, seconds = [], []
+        for seed in range(args.seeds):
+            cfg = load_config(preset, [f"seed={seed}", "train.tensorboard=false"])
+            start = time.perf_counter()
+            _, final = start_run(cfg, Path(args.out) / f"{preset}-s{seed}-{stamp}", progress=False,
+                                 log=lambda line: None)
+            seconds.append(time.perf_counter() - start)
+            finals.append(final)
+            print(f"{preset} seed {seed}: top-1 {final['top1']:.2f}%  ({seconds[-1]:.0f} s)", file=sys.stderr)
+        cells = [_cell([f[c] for f in finals]) for c in COLUMNS]
+        rows.append(f"| {preset} | {' | '.join(cells)} | {statistics.mean(seconds):.0f} |")
+    table = "\n".join([
+        "| preset | top-1 % | many % | medium % | few % | s / run |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])
+    print(table)
+    if args.append:
+        command = "python benchmarks/demo_accuracy.py " + " ".join(sys.argv[1:])
+        with RESULTS.open("a") as f:
+            f.write(f"\n### Demo accuracy, {args.seeds} seeds ({time.strftime('%Y-%m-%d')})\n\n"
+                    f"Machine: {machine()}. Command: `{command.strip()}`. Last-epoch test accuracy "
+                    f"(mean ± std over seeds 0..{args.seeds - 1}).\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The trainer: run folder contents, best/last checkpoints, and resume == uninterrupted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bbn.checkpoint import load_checkpoint
+from bbn.config import load_config
+from bbn.runs import RunDir, read_metrics
+from bbn.train import CHECKPOINT_FORMAT, resume_run, start_run
+
+# A tiny digits-LT run: ~500 training images of 8x8, 4 epochs of ~15 steps.
+TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",
+        "train.threads=1"]
+TIMING = ("epoch_s", "images_per_s")
+# digits are grey: the 3x3 stem convolution (16 filters) has 2 input channels fewer than on CIFAR
+GREY_STEM = 2 * 16 * 3 * 3
+
+
+class Stop(Exception):
+    """Raised from the log callback to interrupt a run after an epoch was written."""
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _stop_after(epoch: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch}/"):
+            raise Stop
+    return log
+
+
+def _rows(run: RunDir) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run.metrics)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, dict]:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    return start_run(load_config(None, TINY), out, progress=False, log=_quiet)
+
+
+def test_run_folder_contract(finished: tuple[RunDir, dict]) -> None:
+    run, final = finished
+    for path in (run.config, run.metrics, run.final, run.last, run.best, run.root / "report.md",
+                 run.root / "per_class.png"):
+        assert path.is_file(), path
+    assert not list(run.root.rglob("*.tmp")), "temporary files left behind"
+    saved = yaml.safe_load(run.config.read_text())
+    assert saved["train"]["epochs"] == 4 and saved["method"]["name"] == "bbn"
+    rows = read_metrics(run.metrics)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    # parabolic decay over 4 epochs: alpha = 1 - ((e-1)/4)^2
+    assert [r["alpha"] for r in rows] == pytest.approx([1.0, 1 - 1 / 16, 1 - 4 / 16, 1 - 9 / 16])
+    # warm-up of 1 epoch is over at epoch 1; milestone 3 multiplies by gamma
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.0005, 0.0005])
+    assert all(r["val_top1"] is not None for r in rows)
+    on_disk = json.loads(run.final.read_text())
+    assert on_disk["top1"] == pytest.approx(final["top1"])
+    assert on_disk["top1"] == pytest.approx(rows[-1]["val_top1"])
+    assert on_disk["best_top1"] == pytest.approx(max(r["val_top1"] for r in rows))
+    assert {"many", "medium", "few", "top5", "per_class", "confusion", "class_counts"} <= on_disk.keys()
+    assert on_disk["epochs"] == 4 and on_disk["num_params"] == 538_778 - GREY_STEM
+
+
+def test_best_and_last_checkpoints(finished: tuple[RunDir, dict]) -> None:
+    run, final = finished
+    last, best = load_checkpoint(run.last), load_checkpoint(run.best)
+    assert last["format"] == CHECKPOINT_FORMAT and last["epoch"] == 4
+    assert best["epoch"] == final["best_epoch"]
+    assert best["best_top1"] == pytest.approx(final["best_top1"])
+    assert last["config"]["train"]["epochs"] == 4
+
+
+def test_resume_equals_uninterrupted(finished: tuple[RunDir, dict], tmp_path: Path) -> None:
+    reference, ref_final = finished
+    out = tmp_path / "interrupted"
+    with pytest.raises(Stop):
+        start_run(load_config(None, TINY), out, progress=False, log=_stop_after(2))
+    run = RunDir(out)
+    assert load_checkpoint(run.last)["epoch"] == 2
+    assert len(read_metrics(run.metrics)) == 2
+    assert not run.final.exists()
+
+    _, final = resume_run(out, progress=False, log=_quiet)
+    a, b = load_checkpoint(reference.last), load_checkpoint(run.last)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert _rows(run) == _rows(reference)
+    assert final["top1"] == ref_final["top1"] and final["best_epoch"] == ref_final["best_epoch"]
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished: tuple[RunDir, dict]) -> None:
+    run, final = finished
+    before = _rows(run)
+    _, again = resume_run(run.root, progress=False, log=_quiet)
+    assert _rows(run) == before
+    assert again["top1"] == final["top1"]
+
+
+def test_ce_baseline_trains(tmp_path: Path) -> None:
+    cfg = load_config("digits_ce", ["train.epochs=2", "train.tensorboard=false", "train.threads=1"])
+    run, final = start_run(cfg, tmp_path / "ce", progress=False, log=_quiet)
+    rows = read_metrics(run.metrics)
+    assert [r["alpha"] for r in rows] == [None, None]
+    assert final["num_params"] == 464_154 - GREY_STEM  # plain ResNet-32, 10 classes, 1 channel
+    assert final["top1"] > 10.0  # better than chance after two epochs
