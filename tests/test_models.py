@@ -1,0 +1,249 @@
+"""ResNet-32 and the bilateral-branch model (SPEC §1-§3, §8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bbn.errors import BBNError
+from bbn.models import MODELS, BilateralModel, create_model, num_params
+from bbn.models.resnet_cifar import ShortcutA
+
+ATOL = 1e-4
+
+
+def block_params(c_in: int, c_out: int) -> int:
+    """A BasicBlock by hand: two 3x3 convs without bias, two BNs (weight + bias); option-A
+    shortcut has no weights."""
+    return 9 * c_in * c_out + 9 * c_out * c_out + 2 * 2 * c_out
+
+
+def trunk_params(in_channels: int, stage3_blocks: int) -> int:
+    stem = 9 * in_channels * 16 + 2 * 16
+    layer1 = 5 * block_params(16, 16)
+    layer2 = block_params(16, 32) + 4 * block_params(32, 32)
+    layer3 = block_params(32, 64) + (stage3_blocks - 1) * block_params(64, 64)
+    return stem + layer1 + layer2 + layer3
+
+
+@pytest.fixture(scope="module")
+def bbn10() -> BilateralModel:
+    torch.manual_seed(0)
+    model = create_model("bbn_resnet32", 10)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_registry_names() -> None:
+    assert set(MODELS.names()) >= {"resnet32", "bbn_resnet32"}
+
+
+def test_parameter_counts() -> None:
+    plain = create_model("resnet32", 10)
+    bbn = create_model("bbn_resnet32", 10)
+    assert num_params(plain) == 464_154
+    assert num_params(bbn) == 538_778
+    # the same numbers from the architecture, by hand
+    assert trunk_params(3, 5) + 64 * 10 + 10 == 464_154
+    assert trunk_params(3, 4) + 2 * block_params(64, 64) + 128 * 10 + 10 == 538_778
+    # other class counts follow the classifier only
+    assert num_params(create_model("resnet32", 100)) == trunk_params(3, 5) + 64 * 100 + 100
+    assert num_params(create_model("bbn_resnet32", 100)) == (
+        trunk_params(3, 4) + 2 * block_params(64, 64) + 128 * 100 + 100)
+
+
+def test_output_shapes(bbn10: BilateralModel, x: torch.Tensor) -> None:
+    plain = create_model("resnet32", 10).eval()
+    with torch.no_grad():
+        assert plain(x).shape == (4, 10)
+        assert plain.features(x).shape == (4, 64)
+        assert bbn10(x).shape == (4, 10)
+        assert bbn10.backbone.trunk(x).shape == (4, 64, 8, 8)
+        for branch in ("conventional", "rebalancing"):
+            assert bbn10.features(x, branch).shape == (4, 64)
+            assert bbn10.branch_logits(x, branch).shape == (4, 10)
+    assert bbn10.classifier.weight.shape == (10, 128)
+    assert bbn10.W_c.shape == bbn10.W_r.shape == (10, 64)
+    assert torch.equal(torch.cat((bbn10.W_c, bbn10.W_r), dim=1), bbn10.classifier.weight)
+
+
+def test_forward_is_sum_of_branch_logits(bbn10: BilateralModel, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        z = bbn10(x)
+        cb = bbn10.branch_logits(x, "conventional")
+        rb = bbn10.branch_logits(x, "rebalancing")
+    assert torch.allclose(z, cb + rb - bbn10.classifier.bias, atol=ATOL)
+    assert not torch.allclose(cb, rb, atol=ATOL)  # the branches differ
+
+
+def test_forward_by_hand_from_features(bbn10: BilateralModel, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        f_c = bbn10.features(x, "conventional")
+        f_r = bbn10.features(x, "rebalancing")
+        # features = GAP of the branch block on the shared trunk
+        shared = bbn10.backbone.trunk(x)
+        assert torch.allclose(f_c, bbn10.backbone.cb_block(shared).mean(dim=(2, 3)), atol=ATOL)
+        assert torch.allclose(f_r, bbn10.backbone.rb_block(shared).mean(dim=(2, 3)), atol=ATOL)
+        w = bbn10.classifier.weight
+        b = bbn10.classifier.bias
+        by_hand = f_c @ w[:, :64].t() + f_r @ w[:, 64:].t() + b
+        assert torch.allclose(bbn10(x), by_hand, atol=ATOL)
+        # BBN-CB / BBN-RB single-branch logits
+        assert torch.allclose(bbn10.branch_logits(x, "conventional"), f_c @ w[:, :64].t() + b, atol=ATOL)
+        assert torch.allclose(bbn10.branch_logits(x, "rebalancing"), f_r @ w[:, 64:].t() + b, atol=ATOL)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_cumulative_logits_by_hand(bbn10: BilateralModel, alpha: float) -> None:
+    g = torch.Generator().manual_seed(3)
+    f_c, f_r = torch.randn(5, 64, generator=g), torch.randn(5, 64, generator=g)
+    w, b = bbn10.classifier.weight.detach(), bbn10.classifier.bias.detach()
+    with torch.no_grad():
+        z = bbn10.logits(f_c, f_r, alpha)
+    by_hand = 2 * alpha * f_c @ w[:, :64].t() + 2 * (1 - alpha) * f_r @ w[:, 64:].t() + b
+    assert torch.allclose(z, by_hand, atol=ATOL)
+    if alpha == 1.0:  # only the conventional branch counts, doubled
+        assert torch.allclose(z, 2 * f_c @ w[:, :64].t() + b, atol=ATOL)
+    if alpha == 0.0:
+        assert torch.allclose(z, 2 * f_r @ w[:, 64:].t() + b, atol=ATOL)
+
+
+def test_logits_at_one_half_equal_inference(bbn10: BilateralModel, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        f_c, f_r = bbn10.features_both(x)
+        assert torch.allclose(bbn10.logits(f_c, f_r, 0.5), bbn10(x), atol=ATOL)
+
+
+def test_unknown_branch_is_refused(bbn10: BilateralModel, x: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="branch"):
+        bbn10.features(x, "both")
+
+
+def test_weight_sharing_structure(bbn10: BilateralModel) -> None:
+    bb = bbn10.backbone
+    cb = {id(p) for p in bb.cb_block.parameters()}
+    rb = {id(p) for p in bb.rb_block.parameters()}
+    trunk = {id(p) for n, p in bb.named_parameters() if not n.startswith(("cb_block.", "rb_block."))}
+    assert len(cb) == len(rb) == 6  # conv1, bn1 (2), conv2, bn2 (2)
+    assert cb.isdisjoint(rb)
+    assert trunk.isdisjoint(cb) and trunk.isdisjoint(rb)
+    # each trunk Parameter is one object: listed once in the whole model
+    all_ids = [id(p) for p in bbn10.parameters()]
+    assert len(all_ids) == len(set(all_ids))
+    assert len(trunk) + len(cb) + len(rb) + 2 == len(all_ids)
+    # the two last blocks are separately initialised copies
+    assert not torch.equal(bb.cb_block.conv1.weight, bb.rb_block.conv1.weight)
+    # stage 3 keeps 4 shared blocks
+    assert len(bb.layer3) == 4 and len(bb.layer1) == 5 and len(bb.layer2) == 5
+
+
+def test_both_branches_go_through_the_same_trunk_parameters(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = create_model("bbn_resnet32", 10)
+    model.train()
+    bb = model.backbone
+    shared = bb.layer2[0].conv1.weight
+
+    model.zero_grad()
+    model.features(x, "conventional").sum().backward()
+    assert shared.grad is not None and shared.grad.abs().sum() > 0
+    assert bb.cb_block.conv1.weight.grad.abs().sum() > 0
+    assert bb.rb_block.conv1.weight.grad is None  # the other branch's block is untouched
+
+    model.zero_grad(set_to_none=True)
+    model.features(x, "rebalancing").sum().backward()
+    assert shared.grad is not None and shared.grad.abs().sum() > 0
+    assert bb.rb_block.conv1.weight.grad.abs().sum() > 0
+    assert bb.cb_block.conv1.weight.grad is None
+
+
+def test_changing_a_trunk_weight_moves_both_branches_a_block_weight_only_one(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = create_model("bbn_resnet32", 10).eval()
+    with torch.no_grad():
+        fc0, fr0 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        model.backbone.cb_block.conv2.weight.mul_(2.0)
+        fc1, fr1 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        assert not torch.allclose(fc0, fc1) and torch.equal(fr0, fr1)
+        model.backbone.layer1[0].conv1.weight.mul_(-1.0)
+        fc2, fr2 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        assert not torch.allclose(fc1, fc2) and not torch.allclose(fr1, fr2)
+
+
+def _block_keys(prefix: str) -> set[str]:
+    keys = {f"{prefix}.conv1.weight", f"{prefix}.conv2.weight"}
+    for bn in ("bn1", "bn2"):
+        keys |= {f"{prefix}.{bn}.{k}" for k in
+                 ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    return keys
+
+
+def test_bbn_state_dict_keys_follow_the_reference_layout(bbn10: BilateralModel) -> None:
+    expected = {"backbone.conv1.weight", "classifier.weight", "classifier.bias"}
+    expected |= {f"backbone.bn1.{k}" for k in
+                 ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    for layer, blocks in (("layer1", 5), ("layer2", 5), ("layer3", 4)):
+        for i in range(blocks):
+            expected |= _block_keys(f"backbone.{layer}.{i}")
+    expected |= _block_keys("backbone.cb_block") | _block_keys("backbone.rb_block")
+    sd = bbn10.state_dict()
+    assert set(sd) == expected
+    assert sd["classifier.weight"].shape == (10, 128)
+    assert sd["backbone.conv1.weight"].shape == (16, 3, 3, 3)
+
+
+def test_plain_resnet32_state_dict_keys() -> None:
+    sd = create_model("resnet32", 10).state_dict()
+    assert {k for k in sd if k.startswith("backbone.layer3.")} == set().union(
+        *(_block_keys(f"backbone.layer3.{i}") for i in range(5)))
+    assert sd["classifier.weight"].shape == (10, 64)
+    assert not any("cb_block" in k or "rb_block" in k for k in sd)
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads_channels() -> None:
+    x = torch.randn(2, 16, 8, 8)
+    out = ShortcutA(32)(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, :8], torch.zeros(2, 8, 4, 4))
+    assert torch.equal(out[:, 24:], torch.zeros(2, 8, 4, 4))
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
+    # the downsampling blocks use it; they carry no shortcut weights
+    model = create_model("bbn_resnet32", 10)
+    assert isinstance(model.backbone.layer2[0].shortcut, ShortcutA)
+    assert isinstance(model.backbone.layer3[0].shortcut, ShortcutA)
+    assert isinstance(model.backbone.layer1[0].shortcut, nn.Identity)
+    assert isinstance(model.backbone.cb_block.shortcut, nn.Identity)
+
+
+def test_kaiming_normal_init_of_convs() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet32", 10)
+    w = model.backbone.layer3[1].conv1.weight.detach()  # fan_in = 64 * 9; kaiming std = sqrt(2 / 576)
+    assert float(w.std()) == pytest.approx((2 / 576) ** 0.5, rel=0.05)
+    assert abs(float(w.mean())) < 0.005
+
+
+@pytest.mark.parametrize("typo, closest", [("resnet33", "resnet32"), ("bbn_resnet23", "bbn_resnet32")])
+def test_unknown_model_name(typo: str, closest: str) -> None:
+    with pytest.raises(BBNError, match=f"unknown model '{typo}'.*did you mean '{closest}'"):
+        create_model(typo, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet32", "bbn_resnet32"])
+def test_one_channel_input_for_digits(name: str) -> None:
+    model = create_model(name, 10, in_channels=1).eval()
+    assert model.backbone.conv1.weight.shape == (16, 1, 3, 3)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert model(x).shape == (3, 10)
+    expected = trunk_params(1, 5) + 64 * 10 + 10 if name == "resnet32" else (
+        trunk_params(1, 4) + 2 * block_params(64, 64) + 128 * 10 + 10)
+    assert num_params(model) == expected
+    with pytest.raises(RuntimeError):
+        model(torch.randn(1, 3, 8, 8))
