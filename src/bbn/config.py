@@ -58,11 +58,24 @@ class ModelConfig(_Section):
 
 
 class MethodConfig(_Section):
-    """The training rule; `adaptor` and `rebalance_sampler` are BBN's (SPEC §2)."""
+    """The training rule and its parameters; each method reads only its own.
+
+    BBN: `adaptor`, `rebalance_sampler` (SPEC §2). Baselines (SPEC §6): `focal_gamma`
+    (Focal, CB-Focal), `cb_beta` (effective-number weights of CB-Focal and DRW),
+    `defer_epoch` (DRW/DRS switch after this epoch; None = 80 % of the epochs, i.e. 160 of
+    200), `ldam_max_margin` and `ldam_scale` (LDAM), `mixup_alpha` (the Beta(a, a) of the
+    Mixup family).
+    """
 
     name: str = "bbn"
     adaptor: str = "parabolic_decay"
     rebalance_sampler: str = "reversed"
+    focal_gamma: float = Field(1.0, ge=0.0)
+    cb_beta: float = Field(0.9999, ge=0.0, lt=1.0)
+    defer_epoch: int | None = Field(None, ge=0)
+    ldam_max_margin: float = Field(0.5, gt=0.0)
+    ldam_scale: float = Field(30.0, gt=0.0)
+    mixup_alpha: float = Field(1.0, gt=0.0)
 
 
 class TrainConfig(_Section):

@@ -1,0 +1,79 @@
+"""The shape every baseline shares: one network, one batch per step. A baseline picks the
+sampler of each epoch and the loss; the defaults (uniform sampler, cross-entropy) are the
+plain CE control."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bbn.config import Config
+from bbn.data.loader import DeviceImages
+from bbn.data.samplers import REBALANCE_SAMPLERS, ClassSampler, InstanceSampler, UniformSampler
+from bbn.methods.base import METHODS, Method, StepResult
+
+# DRW / DRS switch after 160 of 200 epochs (SPEC §6); other schedules keep the fraction.
+DEFER_FRACTION = 0.8
+
+
+def defer_epoch(cfg: Config) -> int:
+    """The last epoch of the first phase of a deferred schedule (DRW, DRS)."""
+    if cfg.method.defer_epoch is not None:
+        return cfg.method.defer_epoch
+    return round(DEFER_FRACTION * cfg.train.epochs)
+
+
+class SingleBranch(Method):
+    """One batch from the epoch's sampler through `model(x)`, then `loss(z, y)`."""
+
+    def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(cfg, labels, num_classes)
+        self.uniform = UniformSampler(len(labels), cfg.train.batch_size, cfg.train.drop_last)
+        self.class_counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.epoch = 1
+        self._samplers: dict[str, ClassSampler | InstanceSampler] = {}
+
+    def sampler(self, epoch: int) -> str:
+        """Name of the epoch's sampler: 'uniform' (each image once) or a re-balancing one."""
+        return "uniform"
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of logits `z` for labels `y` at `self.epoch`."""
+        return F.cross_entropy(z, y)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.uniform)
+
+    def epoch_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        name = self.sampler(self.epoch)
+        if name == "uniform":
+            return self.uniform.epoch(generator)
+        return self.drawn_batches(name, generator)
+
+    def drawn_batches(self, name: str, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """An epoch of as many batches as the uniform sampler's, drawn from sampler `name`."""
+        if name not in self._samplers:
+            self._samplers[name] = REBALANCE_SAMPLERS.get(name)(self.labels, self.num_classes)
+        size = self.cfg.train.batch_size
+        drawn = self._samplers[name].draw(self.steps_per_epoch() * size, generator)
+        return iter(drawn.split(size))
+
+    def start_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float | None]:
+        self.epoch = epoch
+        return {"alpha": None}
+
+    def step(self, model: nn.Module, data: DeviceImages, batch: torch.Tensor,
+             generator: torch.Generator) -> StepResult:
+        aug = self.cfg.augment
+        x, y = data.train_batch(batch, aug.crop_padding, aug.flip, generator)
+        z = model(x)
+        accuracy = (z.argmax(dim=1) == y).float().mean()
+        return StepResult(self.loss(z, y), accuracy, len(y))
+
+
+@METHODS.register("ce")
+class CrossEntropy(SingleBranch):
+    """The plain cross-entropy control: ResNet-32 fed by the uniform sampler."""
