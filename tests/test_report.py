@@ -122,3 +122,17 @@ def test_mismatched_lengths_rejected(tmp_path: Path) -> None:
     final["per_class"] = final["per_class"][:5]
     with pytest.raises(BBNError, match="class_counts"):
         write_report(tmp_path, final, _history(), CONFIG)
+
+
+def test_weight_norms_and_branches(tmp_path: Path) -> None:
+    final = _final(COUNTS_10, confusion=False)
+    final["weight_norms"] = {"BBN-CB": [1.0] * 10,
+                             "BBN-ALL": [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0, 3.0, 7.0]}  # mean 5, std 2
+    final["branches"] = {"BBN-CB": {"top1": 50.0, "many": 70.0, "medium": None, "few": 10.0},
+                         "BBN-RB": {"top1": 40.254, "many": 30.0, "medium": None, "few": 45.5}}
+    text = write_report(tmp_path, final, _history(), CONFIG).read_text()
+    _assert_png(tmp_path / "weight_norms.png")
+    assert sorted(_links(text)) == ["curves.png", "per_class.png", "weight_norms.png"]
+    assert re.search(r"\| BBN-CB alone[^\n]*\| 50\.00% \(70\.00% / n/a / 10\.00%\) \|", text)
+    assert re.search(r"\| BBN-RB alone[^\n]*\| 40\.25% \(30\.00% / n/a / 45\.50%\) \|", text)
+    assert "| BBN-CB | 1.0000 | 0.0000 |" in text and "| BBN-ALL | 5.0000 | 2.0000 |" in text

@@ -1,4 +1,4 @@
-"""`bbn train | eval | data`: wires config, data, trainer and evaluator together."""
+"""`bbn train | eval | data | reproduce | study | analyze`: wires config, data, trainer and evaluator together."""
 
 from __future__ import annotations
 
@@ -56,9 +56,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from bbn.evaluate import eval_command
 
-    result = eval_command(args.target, args.device)
-    print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']})")
+    result = eval_command(args.target, args.device, args.branch)
+    branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
+    print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']}{branch})")
     print(_summary(result))
+    return 0
+
+
+def _labels(text: str | None, runs: Sequence[str]) -> list[str | None]:
+    """--labels a,b,... (one per RUN); None where the run folder's name is to be used."""
+    if text is None:
+        return [None] * len(runs)
+    labels = [label.strip() for label in text.split(",")]
+    if len(labels) != len(runs) or not all(labels):
+        raise BBNError(f"--labels '{text}' gives {len(labels)} labels for {len(runs)} runs; "
+                       "give one non-empty label per RUN, comma-separated")
+    return labels
+
+
+def cmd_analyze_weight_norms(args: argparse.Namespace) -> int:
+    import torch
+
+    from bbn.analysis import RunNorms, classifier_weight_norms, weight_norm_paths, write_weight_norms
+    from bbn.evaluate import load_run
+
+    png, md = weight_norm_paths(args.out)
+    runs = []
+    for label, target in zip(_labels(args.labels, args.runs), args.runs):
+        loaded = load_run(target, torch.device("cpu"))
+        runs.append(RunNorms(label or loaded.run_root.resolve().name, classifier_weight_norms(loaded.model),
+                             loaded.data.class_counts))
+    print(write_weight_norms(png, runs), end="")
+    print(f"written: {png} and {md}")
     return 0
 
 
@@ -85,6 +114,52 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from bbn.reproduce import reproduce
+
+    patterns = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if not patterns:
+        raise BBNError("give at least one CONFIG_GLOB, e.g. bbn reproduce 'cifar10_ir100_*' --seeds 3")
+    command = "bbn reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "bbn reproduce"
+    path = reproduce(patterns, args.seeds, overrides, args.grid, args.out, args.jobs, command)
+    print(path.read_text())
+    print(f"written: {path}")
+    return 0
+
+
+def _taus(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise BBNError(f"--taus '{text}' is not a comma-separated list of numbers (e.g. 0,0.5,1)") from None
+
+
+def cmd_study_retrain(args: argparse.Namespace) -> int:
+    from bbn.study import format_retrain, retrain_run
+
+    result = retrain_run(args.run, args.rule, args.branch, args.epochs, _taus(args.taus), args.out)
+    print(format_retrain(result))
+    return 0
+
+
+def cmd_study_two_stage(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bbn.config import load_config
+    from bbn.study import two_stage
+
+    config, overrides = _split_args(args.items)
+    cfg = load_config(config, overrides)
+    study = two_stage(cfg, args.out, args.classifier_epochs, label=" ".join(args.items),
+                      progress=not args.no_progress)
+    print((Path(args.out) / "two_stage.md").read_text().rstrip())
+    print(f"written: {Path(args.out) / 'two_stage.md'}, two_stage.png, two_stage.json ({study['date']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bbn import __version__
 
@@ -101,15 +176,62 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--device", default="auto")
+    p.add_argument("--branch", choices=["all", "cb", "rb"], default="all",
+                   help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
+                        "or BBN-RB (W_r f_r + b) alone")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("analyze", help="the paper's analyses of trained runs")
+    analyses = p.add_subparsers(dest="analysis", required=True)
+    q = analyses.add_parser("weight-norms", help="per-class classifier weight norms, head to tail (Figure 5)")
+    q.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.pt, else last.pt) or checkpoints")
+    q.add_argument("--out", required=True, metavar="FILE.png", help="the plot; the table goes beside it as FILE.md")
+    q.add_argument("--labels", metavar="A,B,...", help="one label per RUN (default: the run folder names)")
+    q.set_defaults(func=cmd_analyze_weight_norms)
     p = sub.add_parser("data", help="class counts and shot groups of a config's training set")
     p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("reproduce", help="run presets over seeds (resumable) and tabulate them beside the paper")
+    p.add_argument("items", nargs="+", metavar="CONFIG_GLOB [key=value]",
+                   help="preset names or YAML paths (shell patterns, quoted), then overrides for every run")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per config (default 3)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="also run every value of KEY (repeatable: the product is run)")
+    p.add_argument("--out", default="runs/reproduce", help="folder of the runs and results.md")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel, each with a share of the CPU threads")
+    p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("study", help="classifier re-training on frozen features; the two-stage study (Figure 1)")
+    studies = p.add_subparsers(dest="study", required=True)
+    q = studies.add_parser("retrain", help="a new classifier on a run's frozen representation")
+    q.add_argument("run", metavar="RUN", help="a run folder (its checkpoints/last.pt)")
+    q.add_argument("--rule", required=True, metavar="RULE", help="ce, rw, rs, crt (= rs), tau_norm or lws")
+    q.add_argument("--branch", metavar="cb|rb", help="a BBN run's features: cb (f_c) or rb (f_r)")
+    q.add_argument("--epochs", type=int, help="stage-2 epochs (default 10)")
+    q.add_argument("--taus", metavar="T1,T2,...", help="tau_norm's taus (default 0,0.1,...,1)")
+    q.add_argument("--out", metavar="FILE.json", help="default RUN/retrain-<rule>[-<branch>].json")
+    q.set_defaults(func=cmd_study_retrain)
+    q = studies.add_parser("two-stage", help="CE/RW/RS representations x CE/RW/RS classifiers (resumable)")
+    q.add_argument("items", nargs="+", metavar="CONFIG [key=value]", help="a YAML config or preset, then overrides")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder of the stage-1 runs and the results")
+    q.add_argument("--classifier-epochs", type=int, default=10, metavar="N", help="stage-2 epochs (default 10)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_study_two_stage)
     return parser
 
 
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parse_args, but CONFIG and key=value items may come after options too."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or not hasattr(args, "items")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except BBNError as err:

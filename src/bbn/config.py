@@ -25,7 +25,10 @@ class DataConfig(_Section):
     """Where the images come from and how the long tail is cut.
 
     `image_size` resizes every image (None keeps the source's size); `test_per_class`
-    is the held-out test split of sources that have none (digits).
+    is the held-out test split of sources that have none (digits). Budget knobs for quick
+    runs: `n_max` caps the head class (the tail follows from the imbalance ratio; None =
+    the source's smallest class, as the paper) and `test_max_per_class` keeps the first
+    images of each test class (None = all).
     """
 
     source: str = "digits"
@@ -36,6 +39,8 @@ class DataConfig(_Section):
     subset_seed: int = Field(0, ge=0)
     image_size: int | None = Field(None, ge=4, le=1024)
     test_per_class: int = Field(50, ge=1)
+    n_max: int | None = Field(None, ge=1)
+    test_max_per_class: int | None = Field(None, ge=1)
 
 
 class AugmentConfig(_Section):

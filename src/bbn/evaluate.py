@@ -2,38 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from bbn.checkpoint import load_checkpoint
-from bbn.config import build_config
+from bbn.config import Config, build_config
 from bbn.data.loader import DeviceImages
-from bbn.data.prepare import prepare_data
+from bbn.data.prepare import PreparedData, prepare_data
 from bbn.errors import BBNError
 from bbn.metrics import classification_metrics
-from bbn.models import create_model, num_params
+from bbn.models import BilateralModel, create_model, num_params
 from bbn.runs import RunDir, write_json
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference logits (for BBN: alpha = 0.5, both branches on the same image) and labels."""
+def _predict_with(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], data: DeviceImages,
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits_of(x)` over every test batch with `model` in eval mode, and the labels."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for x, y in data.eval_batches(batch_size):
-        logits.append(model(x).float())
+        logits.append(logits_of(x).float())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
+def predict(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference logits (for BBN: alpha = 0.5, both branches on the same image) and labels."""
+    return _predict_with(model, model, data, batch_size)
+
+
+# The single-branch models of the paper's analysis (SPEC §2, §7) -> the branch they keep.
+BRANCH_MODELS = {"BBN-CB": "conventional", "BBN-RB": "rebalancing"}
+
+
+def predict_branch(model: BilateralModel, data: DeviceImages, batch_size: int,
+                   name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of one branch alone: BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b), and labels."""
+    branch = BRANCH_MODELS[name]
+    return _predict_with(model, lambda x: model.branch_logits(x, branch), data, batch_size)
+
+
 def evaluate(model: nn.Module, data: DeviceImages, train_counts: list[int], batch_size: int) -> dict[str, Any]:
     logits, labels = predict(model, data, batch_size)
     return classification_metrics(logits, labels, train_counts)
+
+
+def evaluate_branches(model: BilateralModel, data: DeviceImages, train_counts: list[int],
+                      batch_size: int) -> dict[str, dict[str, float | None]]:
+    """{"BBN-CB": {top1, many, medium, few}, "BBN-RB": {...}}: each branch evaluated alone."""
+    out = {}
+    for name in BRANCH_MODELS:
+        metrics = classification_metrics(*predict_branch(model, data, batch_size, name), train_counts)
+        out[name] = {key: metrics[key] for key in ("top1", "many", "medium", "few")}
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,23 +86,57 @@ def _checkpoint_path(target: Path) -> tuple[Path, Path]:
     return target, target.parent.parent if target.parent.name == "checkpoints" else target.parent
 
 
-def eval_command(target: str | Path, device_name: str = "auto") -> dict[str, Any]:
-    """Evaluate a run's best checkpoint (or a given one) on its test set; write eval.json."""
+@dataclass
+class LoadedRun:
+    """A checkpoint's model (on `device`), its config and data, and where it came from."""
+
+    model: nn.Module
+    payload: dict[str, Any]
+    cfg: Config
+    data: PreparedData
+    checkpoint: Path
+    run_root: Path
+
+
+def load_run(target: str | Path, device: torch.device) -> LoadedRun:
+    """The model of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
     target = Path(target)
     if not target.exists():
         raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
-    ckpt_path, out_dir = _checkpoint_path(target)
+    ckpt_path, run_root = _checkpoint_path(target)
     payload = load_checkpoint(ckpt_path)
     cfg = build_config(payload["config"])
     data = prepare_data(cfg)
-    device = resolve_device(device_name)
     model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
     model.load_state_dict(payload["model"])
     model.to(device)
+    return LoadedRun(model, payload, cfg, data, ckpt_path, run_root)
+
+
+# `bbn eval --branch`: all = the normal inference (alpha = 0.5), cb / rb = one branch alone.
+EVAL_BRANCHES = {"all": None, "cb": "BBN-CB", "rb": "BBN-RB"}
+
+
+def eval_command(target: str | Path, device_name: str = "auto", branch: str = "all") -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or a given one) on its test set; write eval.json
+    (eval_cb.json / eval_rb.json for one branch alone, so no evaluation replaces another)."""
+    if branch not in EVAL_BRANCHES:
+        raise BBNError(f"unknown branch '{branch}'; use one of {', '.join(EVAL_BRANCHES)}")
+    device = resolve_device(device_name)
+    loaded = load_run(target, device)
+    model, data, cfg = loaded.model, loaded.data, loaded.cfg
+    name = EVAL_BRANCHES[branch]
+    if name is not None and not isinstance(model, BilateralModel):
+        raise BBNError(f"--branch {branch} needs a bilateral (BBN) model but '{loaded.checkpoint}' holds "
+                       f"{cfg.model.name}; use --branch all")
     test = DeviceImages.create(data.test, data.mean, data.std, device)
-    result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)
-    result.update(checkpoint=str(ckpt_path), epoch=payload.get("epoch"),
-                  class_counts=data.class_counts, class_names=data.train.class_names,
-                  num_params=num_params(model))
-    write_json(out_dir / "eval.json", result)
+    if name is None:
+        result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)
+    else:
+        logits, labels = predict_branch(model, test, cfg.train.eval_batch_size, name)
+        result = classification_metrics(logits, labels, data.class_counts)
+    result.update(checkpoint=str(loaded.checkpoint), epoch=loaded.payload.get("epoch"),
+                  branch=name or "all", class_counts=data.class_counts,
+                  class_names=data.train.class_names, num_params=num_params(model))
+    write_json(loaded.run_root / ("eval.json" if name is None else f"eval_{branch}.json"), result)
     return result

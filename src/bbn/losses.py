@@ -17,6 +17,13 @@ def cumulative_accuracy(z: torch.Tensor, y_c: torch.Tensor, y_r: torch.Tensor, a
     return alpha * (pred == y_c).float().mean() + (1.0 - alpha) * (pred == y_r).float().mean()
 
 
+def mixup_loss(z: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """Mixup's L = lam * CE(z, y_a) + (1 - lam) * CE(z, y_b) for an input (or hidden state)
+    mixed as lam * a + (1 - lam) * b (SPEC §6). The formula is BBN's cumulative loss with
+    lam for alpha, so it is computed by `cumulative_loss`, not written twice."""
+    return cumulative_loss(z, y_a, y_b, lam)
+
+
 def inverse_frequency_weights(counts: torch.Tensor | list[int]) -> torch.Tensor:
     """RW's class weights: w_i proportional to 1 / N_i, scaled so that sum_i w_i = C."""
     n = torch.as_tensor(counts, dtype=torch.float64)
@@ -30,3 +37,41 @@ def effective_number_weights(counts: torch.Tensor | list[int], beta: float) -> t
     n = torch.as_tensor(counts, dtype=torch.float64)
     w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
     return (w * len(n) / w.sum()).float()
+
+
+def weighted_cross_entropy(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Class-weighted CE (RW, DRW): L = sum_k w_{y_k} CE(z_k, y_k) / sum_k w_{y_k}, the
+    weighted mean of the reference's `CrossEntropyLoss(weight=w)`; weights None = plain CE."""
+    return F.cross_entropy(z, y, weight=None if weights is None else weights.to(z))
+
+
+def focal_terms(z: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample focal loss FL_k = -(1 - p_t)^gamma log p_t, p_t = softmax(z_k)[y_k]
+    (gamma = 0 is CE)."""
+    log_pt = torch.log_softmax(z, dim=1).gather(1, y[:, None]).squeeze(1)
+    return -torch.pow(-torch.expm1(log_pt), gamma) * log_pt
+
+
+def focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Focal loss: the batch mean of `focal_terms`."""
+    return focal_terms(z, y, gamma).mean()
+
+
+def class_balanced_focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float,
+                              weights: torch.Tensor) -> torch.Tensor:
+    """CB-Focal: L = mean_k w_{y_k} FL_k with w the effective-number class weights."""
+    return (weights.to(z)[y] * focal_terms(z, y, gamma)).mean()
+
+
+def ldam_margins(counts: torch.Tensor | list[int], max_margin: float) -> torch.Tensor:
+    """LDAM's class margins m_i = C / N_i^(1/4), with C such that max_i m_i = max_margin."""
+    m = torch.as_tensor(counts, dtype=torch.float64).pow(-0.25)
+    return (m * (max_margin / m.max())).float()
+
+
+def ldam_loss(z: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, scale: float,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """LDAM: the true-class logit lowered by its margin, z_y - m_y, then the class-weighted CE
+    of s * z (s = `scale`; the logits are cosines, so s sets the softmax's temperature)."""
+    shift = F.one_hot(y, z.shape[1]).to(z) * margins.to(z)[y][:, None]
+    return weighted_cross_entropy(scale * (z - shift), y, weights)

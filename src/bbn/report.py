@@ -12,12 +12,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from bbn.analysis import RunNorms, plot_weight_norms, weight_norm_table
 from bbn.data.longtail import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
 from bbn.errors import BBNError
 
 _GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
 _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 1} imgs",
                 "medium": f"{FEW_SHOT_MAX + 1}-{MANY_SHOT_MIN - 1} imgs"}
+_BRANCH_LOGITS = {"BBN-CB": "W_c f_c + b", "BBN-RB": "W_r f_r + b"}
 _MAX_TICKS = 30
 _TABLE_EDGE = 10
 
@@ -204,6 +206,12 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         confusion = np.asarray(final["confusion"], dtype=float)
         _plot_confusion(run_dir / "confusion.png", confusion, names)
         images.append(("Confusion matrix", "confusion.png"))
+    notes: dict[str, list[str]] = {}
+    if final.get("weight_norms"):
+        norms = [RunNorms("", final["weight_norms"], counts.tolist())]
+        plot_weight_norms(run_dir / "weight_norms.png", norms)
+        images.append(("Classifier weight norms (head → tail)", "weight_norms.png"))
+        notes["weight_norms.png"] = [weight_norm_table(norms)]
 
     data, model = config.get("data") or {}, config.get("model") or {}
     method, train = config.get("method") or {}, config.get("train") or {}
@@ -224,6 +232,10 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
     ]
     lines += [f"| {g}-shot top-1 ({_GROUP_RULES[g]}, {n_in[g]} classes) | {_pct(final.get(g))} |"
               for g in SHOT_GROUPS]
+    for name, b in (final.get("branches") or {}).items():
+        shots = " / ".join(_pct(b.get(g)) for g in SHOT_GROUPS)
+        lines.append(f"| {name} alone ({_BRANCH_LOGITS.get(name, name)}) top-1 "
+                     f"(many / medium / few), last epoch | {_pct(b.get('top1'))} ({shots}) |")
     lines += [
         "",
         f"- Method: {method_txt}",
@@ -238,7 +250,7 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         "",
     ]
     for title, fname in images:
-        lines += [f"## {title}", "", f"![{title}]({fname})", ""]
+        lines += [f"## {title}", "", f"![{title}]({fname})", "", *notes.get(fname, [])]
     lines += ["## Per-class accuracy (head → tail)", ""]
     if len(order) > _MAX_TICKS:
         lines += [f"Showing only the {_TABLE_EDGE} head and {_TABLE_EDGE} tail classes "

@@ -16,14 +16,15 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from bbn.analysis import classifier_weight_norms
 from bbn.checkpoint import load_checkpoint, save_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.data.loader import DeviceImages
 from bbn.data.prepare import PreparedData, prepare_data
 from bbn.errors import BBNError
-from bbn.evaluate import evaluate, resolve_device
+from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
-from bbn.models import create_model, num_params
+from bbn.models import BilateralModel, create_model, num_params
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.runs import RunDir, create_run_dir, default_run_path, write_json, write_metrics
@@ -51,8 +52,25 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_names(cfg: Config) -> None:
+    """Fail fast on an unknown source, model, method, adaptor or sampler name (no data read)."""
+    from bbn.data import cifar  # noqa: F401  (registers the CIFAR sources)
+    from bbn.data.samplers import REBALANCE_SAMPLERS
+    from bbn.data.sources import SOURCES
+    from bbn.methods.cumulative import ADAPTORS
+    from bbn.models import MODELS
+
+    SOURCES.get(cfg.data.source)
+    MODELS.get(cfg.model.name)
+    METHODS.get(cfg.method.name)
+    ADAPTORS.get(cfg.method.adaptor)
+    REBALANCE_SAMPLERS.get(cfg.method.rebalance_sampler)
+    resolve_device(cfg.train.device)
+
+
 def build_session(cfg: Config) -> Session:
     """Seed, load and check the data, build model, method and optimiser (no side effects)."""
+    check_names(cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -196,11 +214,16 @@ def versions() -> dict[str, str]:
 
 
 def finish(s: Session, run: RunDir) -> dict[str, Any]:
-    """final.json (last-epoch metrics plus the best epoch's top-1) and report.md."""
+    """final.json (last-epoch metrics plus the best epoch's top-1, the classifier weight
+    norms and, for BBN, each branch alone) and report.md."""
     final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     final.update(best_top1=s.best_top1, best_epoch=s.best_epoch, class_counts=s.data.class_counts,
                  class_names=s.data.train.class_names, num_params=num_params(s.model),
-                 train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions())
+                 train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions(),
+                 weight_norms=classifier_weight_norms(s.model))
+    if isinstance(s.model, BilateralModel):
+        final["branches"] = evaluate_branches(s.model, s.test_set, s.data.class_counts,
+                                              s.cfg.train.eval_batch_size)
     write_json(run.final, final)
     write_report(run.root, final, s.history, s.cfg.to_dict())
     return final

@@ -35,15 +35,20 @@ def longtail_counts(n_max: float, num_classes: int, imbalance_ratio: float, prof
     raise BBNError(f"unknown long-tail profile '{profile}'; known: exp, step, none")
 
 
-def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, seed: int) -> LabeledImages:
+def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, seed: int,
+                  n_max: int | None = None) -> LabeledImages:
     """Keep the first n_i images of each class after a seeded per-class shuffle.
 
-    n_max is the size of the smallest class (CIFAR: 5,000 / 500, as len(data)/C in the
-    reference). The shuffle uses NumPy's legacy RandomState(seed) class by class, which is
-    the reference's sequence, so seed 0 gives the reference's subset.
+    n_max defaults to the size of the smallest class (CIFAR: 5,000 / 500, as len(data)/C
+    in the reference); a smaller `n_max` gives a smaller set with the same profile. The
+    shuffle uses NumPy's legacy RandomState(seed) class by class, which is the reference's
+    sequence, so seed 0 gives the reference's subset.
     """
     counts = data.class_counts()
-    n_max = min(counts)
+    if n_max is not None and n_max > min(counts):
+        raise BBNError(f"data.n_max={n_max} exceeds the smallest source class ({min(counts)} images); "
+                       f"use at most {min(counts)} or leave it unset")
+    n_max = min(counts) if n_max is None else n_max
     if n_max == 0:
         empty = counts.index(0)
         raise BBNError(
@@ -59,6 +64,12 @@ def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, see
         rng.shuffle(idx)
         keep.append(idx[:n_c])
     return data.subset(torch.from_numpy(np.concatenate(keep)))
+
+
+def first_per_class(data: LabeledImages, k: int) -> LabeledImages:
+    """The first `k` images of each class, in the source's order (a smaller test set)."""
+    keep = [torch.nonzero(data.labels == c).flatten()[:k] for c in range(data.num_classes)]
+    return data.subset(torch.sort(torch.cat(keep)).values)
 
 
 def shot_group(count: int) -> str:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bbn.config import Config
-from bbn.data.longtail import check_trainable, make_longtail
+from bbn.data.longtail import check_trainable, first_per_class, make_longtail
 from bbn.data.sources import LabeledImages, load_source
 from bbn.errors import BBNError
 
@@ -37,8 +37,11 @@ def prepare_data(cfg: Config) -> PreparedData:
     """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
-    if cfg.data.profile != "none" or cfg.data.imbalance_ratio != 1:
-        train = make_longtail(train, cfg.data.imbalance_ratio, cfg.data.profile, cfg.data.subset_seed)
+    if cfg.data.profile != "none" or cfg.data.imbalance_ratio != 1 or cfg.data.n_max is not None:
+        train = make_longtail(train, cfg.data.imbalance_ratio, cfg.data.profile, cfg.data.subset_seed,
+                              cfg.data.n_max)
+    if cfg.data.test_max_per_class is not None:
+        test = first_per_class(test, cfg.data.test_max_per_class)
     if cfg.data.image_size is not None:
         train, test = resize(train, cfg.data.image_size), resize(test, cfg.data.image_size)
     check_trainable(train.class_counts(), train.class_names)

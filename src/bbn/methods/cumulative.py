@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
+from bbn.methods.draws import beta_draw
 from bbn.registry import Registry
 
 # An adaptor maps (T, T_max, generator) -> alpha in [0, 1]; only "beta" uses the generator.
@@ -40,8 +40,7 @@ def equal(T: int, T_max: int, generator: torch.Generator) -> float:
 @ADAPTORS.register("beta")
 def beta(T: int, T_max: int, generator: torch.Generator) -> float:
     """alpha ~ Beta(0.2, 0.2), drawn afresh every step (seeded through `generator`)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return float(np.random.default_rng(seed).beta(0.2, 0.2))
+    return beta_draw(0.2, 0.2, generator)
 
 
 @ADAPTORS.register("parabolic_increment")

@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from bbn.config import Config
 from bbn.data.loader import DeviceImages
 from bbn.data.samplers import REBALANCE_SAMPLERS, ClassSampler, InstanceSampler, UniformSampler
+from bbn.errors import BBNError
 from bbn.methods.base import METHODS, Method, StepResult
+from bbn.models.bilateral import BilateralModel
+from bbn.models.resnet_cifar import NormedLinear
 
 # DRW / DRS switch after 160 of 200 epochs (SPEC §6); other schedules keep the fraction.
 DEFER_FRACTION = 0.8
@@ -21,9 +24,14 @@ DEFER_FRACTION = 0.8
 
 def defer_epoch(cfg: Config) -> int:
     """The last epoch of the first phase of a deferred schedule (DRW, DRS)."""
-    if cfg.method.defer_epoch is not None:
-        return cfg.method.defer_epoch
-    return round(DEFER_FRACTION * cfg.train.epochs)
+    if cfg.method.defer_epoch is None:
+        return round(DEFER_FRACTION * cfg.train.epochs)
+    if cfg.method.defer_epoch >= cfg.train.epochs:
+        raise BBNError(
+            f"method.defer_epoch={cfg.method.defer_epoch} leaves no deferred phase in "
+            f"train.epochs={cfg.train.epochs}; use a value below {cfg.train.epochs} or leave it unset"
+        )
+    return cfg.method.defer_epoch
 
 
 class SingleBranch(Method):
@@ -35,6 +43,14 @@ class SingleBranch(Method):
         self.class_counts = torch.bincount(labels.cpu(), minlength=num_classes)
         self.epoch = 1
         self._samplers: dict[str, ClassSampler | InstanceSampler] = {}
+
+    def check_model(self, model: nn.Module) -> None:
+        """The baselines train one plain network: refuse the bilateral and cosine models."""
+        if isinstance(model, BilateralModel) or isinstance(getattr(model, "classifier", None), NormedLinear):
+            raise BBNError(
+                f"method '{self.cfg.method.name}' trains the plain network, not "
+                f"model.name='{self.cfg.model.name}' (use model.name=resnet32)"
+            )
 
     def sampler(self, epoch: int) -> str:
         """Name of the epoch's sampler: 'uniform' (each image once) or a re-balancing one."""

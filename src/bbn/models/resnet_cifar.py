@@ -2,7 +2,8 @@
 
 3x3 conv 3->16, BN, ReLU; three stages of 5 BasicBlocks (16, 32, 64 channels, strides
 1, 2, 2) with the "option A" shortcut; Kaiming-normal init of conv and linear weights.
-The BBN variant keeps 4 shared blocks in stage 3 and adds `cb_block` and `rb_block`.
+The BBN variant keeps 4 shared blocks in stage 3 and adds `cb_block` and `rb_block`;
+the cosine variant (LDAM-DRW's network) swaps the linear classifier for `NormedLinear`.
 Module names follow the reference layout (`backbone.layer3.0.conv1.weight`, ...).
 """
 
@@ -94,6 +95,56 @@ class ResNet32(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    # Split points of the forward pass (Manifold Mixup): h_0 is the input image and h_k
+    # the output of stage k (k = 1: conv1/bn1/ReLU + layer1, k = 2: layer2, k = 3: layer3).
+    num_stages = 3
+
+    def _stage(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        if k == 1:
+            return b.layer1(F.relu(b.bn1(b.conv1(h))))
+        return (b.layer2 if k == 2 else b.layer3)(h)
+
+    def _check_split(self, k: int) -> None:
+        if not 0 <= k <= self.num_stages:
+            raise ValueError(f"split point k must be in 0..{self.num_stages}, got {k}")
+
+    def hidden(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """h_k: the input itself (k = 0) or the output of stage k (layer1..layer3)."""
+        self._check_split(k)
+        for stage in range(1, k + 1):
+            x = self._stage(stage, x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits from h_k: the rest of `forward`, so forward_from(hidden(x, k), k) == forward(x)."""
+        self._check_split(k)
+        for stage in range(k + 1, self.num_stages + 1):
+            h = self._stage(stage, h)
+        return self.classifier(h.mean(dim=(2, 3)))
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier (LDAM's `NormedLinear`): z_j = <f / |f|, w_j / |w_j|>, in [-1, 1],
+    no bias. `weight` is (classes, features) like nn.Linear's; each row starts uniform(-1, 1)
+    and is rescaled to unit norm, as the LDAM code does to its columns."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        w = torch.empty(out_features, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)
+        self.weight = nn.Parameter(w)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+class CosineResNet32(ResNet32):
+    """ResNet-32 with the cosine classifier: the network LDAM-DRW trains."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__(num_classes, in_channels)
+        self.classifier = NormedLinear(self.feature_dim, num_classes)
+
 
 class BBNResNet32Backbone(CifarStem):
     """Shared trunk (stage 3 with 4 blocks) plus one last BasicBlock per branch."""
@@ -107,6 +158,11 @@ class BBNResNet32Backbone(CifarStem):
 @MODELS.register("resnet32")
 def resnet32(num_classes: int, in_channels: int = 3) -> ResNet32:
     return ResNet32(num_classes, in_channels)
+
+
+@MODELS.register("resnet32_cosine")
+def resnet32_cosine(num_classes: int, in_channels: int = 3) -> CosineResNet32:
+    return CosineResNet32(num_classes, in_channels)
 
 
 @MODELS.register("bbn_resnet32")

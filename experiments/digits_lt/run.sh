@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The paper's comparison and analyses on digits-LT (IR 20), 3 seeds, on a 2-core CPU.
+# Resumable: rerun it after a stop and finished runs are skipped. Run folders go to
+# experiments/digits_lt/runs/ (not committed); tables and plots land next to this script.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BBN=${BBN:-.venv/bin/bbn}
+HERE=experiments/digits_lt
+RUNS=$HERE/runs
+SEEDS=${SEEDS:-3}
+JOBS=${JOBS:-2}
+COMMON="train.tensorboard=false"
+
+# Table 1: every method of SPEC §6 on digits-LT.
+$BBN reproduce 'digits_*' --seeds "$SEEDS" --jobs "$JOBS" $COMMON --out $RUNS/table1
+cp $RUNS/table1/results.md $HERE/table1.md
+
+# Ablations (SPEC §7): the re-balancing branch's sampler, and the adaptor.
+$BBN reproduce digits_bbn --seeds "$SEEDS" --jobs "$JOBS" $COMMON --out $RUNS/ablation_sampler \
+    --grid method.rebalance_sampler=uniform,balanced,reversed
+cp $RUNS/ablation_sampler/results.md $HERE/ablation_sampler.md
+$BBN reproduce digits_bbn --seeds "$SEEDS" --jobs "$JOBS" $COMMON --out $RUNS/ablation_adaptor \
+    --grid method.adaptor=equal,beta,parabolic_increment,linear_decay,cosine_decay,parabolic_decay,step
+cp $RUNS/ablation_adaptor/results.md $HERE/ablation_adaptor.md
+
+# Figure 1: the two-stage study (representation x classifier manner).
+$BBN study two-stage digits_ce $COMMON --out $RUNS/two_stage
+cp $RUNS/two_stage/two_stage.md $RUNS/two_stage/two_stage.png $HERE/
+
+# Figure 5: classifier weight norms of CE, RW, RS and BBN (seed 0).
+$BBN analyze weight-norms $RUNS/table1/digits_ce/seed0 $RUNS/table1/digits_rw/seed0 \
+    $RUNS/table1/digits_rs/seed0 $RUNS/table1/digits_bbn/seed0 \
+    --labels CE,RW,RS,BBN --out $HERE/weight_norms.png
+
+# Feature quality: retrain a classifier on frozen BBN-CB / BBN-RB features (and CE's).
+for seed in $(seq 0 $((SEEDS - 1))); do
+    for branch in cb rb; do
+        $BBN study retrain $RUNS/table1/digits_bbn/seed$seed --rule ce --branch $branch \
+            --out $RUNS/feature_quality/bbn_${branch}_seed$seed.json
+    done
+    $BBN study retrain $RUNS/table1/digits_ce/seed$seed --rule ce --out $RUNS/feature_quality/ce_seed$seed.json
+done

@@ -1,0 +1,240 @@
+"""`bbn reproduce CONFIG_GLOB ... --seeds N`: run a set of presets over seeds (resumable),
+then write one table in the layout of the paper's Table 1 with its numbers beside ours."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bbn.config import Config, load_config, parse_override, preset_names
+from bbn.errors import BBNError
+from bbn.paper import method_label, paper_error
+from bbn.runs import RunDir
+from bbn.train import check_names, resume_run, start_run
+
+SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the plan: a config, its variant overrides and a seed."""
+
+    config: str
+    variant: tuple[str, ...]
+    overrides: tuple[str, ...]
+    seed: int
+    folder: Path
+
+    def build(self) -> Config:
+        return load_config(self.config, [*self.overrides, *self.variant, f"seed={self.seed}"])
+
+
+def expand_configs(patterns: Sequence[str]) -> list[str]:
+    """Preset names or YAML paths matching each pattern (shell-style), in a stable order."""
+    found: list[str] = []
+    for pattern in patterns:
+        stem = Path(pattern).name.removesuffix(".yaml")
+        matches = [p for p in preset_names() if fnmatch.fnmatch(p, stem)] if Path(pattern).parent in (
+            Path("."), Path("configs")) else []
+        matches += sorted(str(p) for p in Path().glob(pattern) if p.is_file() and p.suffix == ".yaml"
+                          and p.stem not in matches)
+        if not matches:
+            raise BBNError(f"no config matches '{pattern}'; presets: {', '.join(preset_names())}")
+        found += [m for m in matches if m not in found]
+    return found
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, ...]]:
+    """['method.adaptor=equal,beta'] -> every combination as override tuples ([()] if none)."""
+    axes = []
+    for item in items:
+        key, value = item.split("=", 1) if "=" in item else (item, "")
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if not key.strip() or not values:
+            raise BBNError(f"--grid '{item}' is not key=v1,v2,... (e.g. method.adaptor=equal,beta)")
+        axes.append([f"{key.strip()}={v}" for v in values])
+    return [tuple(combo) for combo in itertools.product(*axes)]
+
+
+def plan(patterns: Sequence[str], seeds: int, overrides: Sequence[str], grid: Sequence[str],
+         out: Path) -> list[Job]:
+    """Every run to make, each validated now (a bad key fails before anything trains)."""
+    if seeds < 1:
+        raise BBNError(f"--seeds must be at least 1, got {seeds}")
+    for text in overrides:
+        parse_override(text)
+    jobs = []
+    for config in expand_configs(patterns):
+        for variant in parse_grid(grid):
+            name = Path(config).stem + "".join(f"-{v.replace('.', '_')}" for v in variant)
+            for seed in range(seeds):
+                job = Job(config, variant, tuple(overrides), seed, out / name / f"seed{seed}")
+                check_names(job.build())
+                jobs.append(job)
+    return jobs
+
+
+def _saved_config(run: RunDir) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(run.config.read_text()) or {}
+
+
+def run_job(job: Job, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+    """Run (or resume, or reuse) one job's folder; its final.json as a dict."""
+    cfg = job.build()
+    run = RunDir(job.folder)
+    if run.config.is_file():
+        if _saved_config(run) != cfg.to_dict():
+            raise BBNError(f"run folder '{run.root}' was made with a different config; "
+                           "use another --out or the same overrides as before")
+        if run.final.is_file():
+            return json.loads(run.final.read_text())
+        if run.last.is_file():
+            return resume_run(run.root, progress=progress, log=log)[1]
+    if run.root.exists() and not run.last.is_file() and not run.metrics.is_file():
+        shutil.rmtree(run.root)  # created, but stopped before its first epoch: nothing to keep
+    return start_run(cfg, run.root, progress=progress, log=log)[1]
+
+
+def _worker(job: Job, threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_job(job, log=lambda line: None)
+
+
+def run_all(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every job, `workers` at a time (each with an equal share of the CPU threads)."""
+    finals: list[dict[str, Any] | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            finals[i] = run_job(job, log=lambda line: None, progress=sys.stderr.isatty())
+            log(_done_line(i, jobs, finals[i]))
+        return finals  # type: ignore[return-value]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, job, threads): i for i, job in enumerate(jobs)}
+        for future in futures:
+            i = futures[future]
+            finals[i] = future.result()
+            log(_done_line(i, jobs, finals[i]))
+    return finals  # type: ignore[return-value]
+
+
+def _done_line(i: int, jobs: list[Job], final: dict[str, Any]) -> str:
+    return (f"[{i + 1}/{len(jobs)}] {jobs[i].folder}: top-1 {final['top1']:.2f}%  "
+            f"({final.get('train_s', 0.0):.0f} s training)")
+
+
+# --- the table -------------------------------------------------------------------------
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    mean, sd = _mean_sd(vals)
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def summarize(jobs: list[Job], finals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group finals by row (method and variant) and column (dataset, imbalance ratio)."""
+    rows: dict[str, dict[str, Any]] = {}
+    columns: list[str] = []
+    for job, final in zip(jobs, finals):
+        cfg = job.build()
+        column = f"{SOURCE_LABELS.get(cfg.data.source, cfg.data.source)} IR{cfg.data.imbalance_ratio:g}"
+        if column not in columns:
+            columns.append(column)
+        label = method_label(cfg.method.name) + (f" ({', '.join(job.variant)})" if job.variant else "")
+        row = rows.setdefault(label, {"method": cfg.method.name, "cells": {}})
+        cell = row["cells"].setdefault(column, {"paper": None, "runs": []})
+        if not job.variant:
+            cell["paper"] = paper_error(cfg.method.name, cfg.data.source, cfg.data.imbalance_ratio)
+        cell["runs"].append({k: final.get(k) for k in ("top1", "error", "best_top1", "many", "medium", "few")}
+                            | {"seed": job.seed, "folder": str(job.folder)})
+    return {"columns": columns, "rows": rows}
+
+
+def _table(summary: dict[str, Any], value: Callable[[dict[str, Any]], float | None],
+           with_paper: bool) -> list[str]:
+    cols = summary["columns"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, row in summary["rows"].items():
+        cells = []
+        for col in cols:
+            cell = row["cells"].get(col)
+            if cell is None:
+                cells.append("")
+                continue
+            text = _cell([value(r) for r in cell["runs"]])
+            if with_paper:
+                text += f" ({cell['paper']:.2f})" if cell["paper"] is not None else " (—)"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _error(r: dict[str, Any]) -> float | None:
+    return None if r["top1"] is None else 100.0 - r["top1"]
+
+
+def _best_error(r: dict[str, Any]) -> float | None:
+    return None if r["best_top1"] is None else 100.0 - r["best_top1"]
+
+
+def render(summary: dict[str, Any], seeds: int, command: str) -> str:
+    """The Markdown report: errors beside the paper's, best-epoch errors, shot groups."""
+    out = [
+        "# Reproduction of the paper's comparison",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {time.strftime('%Y-%m-%d')}. Seeds: {seeds}; every cell is mean ± std over seeds.",
+        "",
+        "## Top-1 error % at the last epoch (the paper's number in parentheses)",
+        "",
+        *_table(summary, _error, with_paper=True),
+        "",
+        "## Top-1 error % at the best epoch (the reference reports this one)",
+        "",
+        *_table(summary, _best_error, with_paper=True),
+    ]
+    for group in ("many", "medium", "few"):
+        out += ["", f"## {group.capitalize()}-shot accuracy % at the last epoch", "",
+                *_table(summary, lambda r, g=group: r[g], with_paper=False)]
+    return "\n".join(out) + "\n"
+
+
+def reproduce(patterns: Sequence[str], seeds: int, overrides: Sequence[str], grid: Sequence[str],
+              out: str | Path, workers: int = 1, command: str = "bbn reproduce",
+              log: Callable[[str], None] = print) -> Path:
+    """Plan, run (skipping finished runs), and write OUT/results.md and OUT/results.json."""
+    out = Path(out)
+    jobs = plan(patterns, seeds, overrides, grid, out)
+    log(f"{len(jobs)} runs planned under {out}")
+    finals = run_all(jobs, workers, log)
+    summary = summarize(jobs, finals)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "results.md").write_text(render(summary, seeds, command))
+    except OSError as exc:
+        raise BBNError(f"cannot write the results into '{out}' ({exc.strerror or exc}); "
+                       "choose a writable --out") from None
+    return out / "results.md"
