@@ -107,7 +107,7 @@ def test_reproduce_runs_skips_and_resumes(tmp_path: Path, capsys: pytest.Capture
     reproduce(["digits_ce"], 2, overrides, [], out, log=lambda line: None)
     assert (out / "digits_ce" / "seed0" / "final.json").stat().st_mtime_ns == stamp
 
-    with pytest.raises(BBNError, match="different config"):
+    with pytest.raises(BBNError, match="was trained with train.epochs=2, not 3"):
         reproduce(["digits_ce"], 1, ["train.epochs=3", *QUICK[1:]], [], out, log=lambda line: None)
 
 

@@ -16,11 +16,11 @@ from bbn.cli import main
 from bbn.config import load_config
 from bbn.errors import EXIT_BAD_INPUT, BBNError
 from bbn.evaluate import predict
-from bbn.runs import RunDir
+from bbn.runs import RunDir, check_same_config
 from bbn.study import frozen_features, load_run, retrain_classifier, retrain_run
 from bbn.study.classifier import LWSHead, Stage2, stage2_batches, tau_normalized_weights
 from bbn.study.features import extract_features
-from bbn.study.two_stage import check_same_config, stage1_config
+from bbn.study.two_stage import stage1_config
 from bbn.train import start_run
 
 FAST = ["train.tensorboard=false", "train.threads=1"]
@@ -209,15 +209,18 @@ def test_two_stage_writes_the_grid_and_reuses_stage1(tmp_path: Path, capsys) -> 
     for m in ("ce", "rw", "rs"):
         saved = load_config(out / f"stage1-{m}" / "config.yaml")
         assert saved.method.name == m and saved.model.name == "resnet32"
-        assert f"stage 1 {m}: training" in first
+        assert f"stage 1 {m}: {out / f'stage1-{m}'}" in first
+    assert first.count("run folder:") == 3  # three runs started
 
     # a finished stage-1 run is reused, a stopped one (last.pt, no final.json) is resumed
     last = {m: (out / f"stage1-{m}" / "checkpoints" / "last.pt").stat().st_mtime_ns for m in ("ce", "rw", "rs")}
     (out / "stage1-rs" / "final.json").unlink()
     assert main([*TWO_STAGE, "--out", str(out)]) == 0
     second = capsys.readouterr().out
-    assert "stage 1 ce: reusing" in second and "stage 1 rw: reusing" in second
-    assert "stage 1 rs: resuming" in second and not re.search(r"stage 1 \w+: training|^epoch ", second, re.M)
+    assert f"reusing the finished run {out / 'stage1-ce'}" in second
+    assert f"reusing the finished run {out / 'stage1-rw'}" in second
+    assert f"resuming {out / 'stage1-rs'} after epoch" in second
+    assert "run folder:" not in second and not re.search(r"^epoch ", second, re.M)
     assert (out / "stage1-rs" / "final.json").is_file()
     assert {m: (out / f"stage1-{m}" / "checkpoints" / "last.pt").stat().st_mtime_ns for m in last} == last
     assert _grid((out / "two_stage.md").read_text()) == grid  # same runs, same seeds, same grid

@@ -12,7 +12,8 @@ import yaml
 from bbn.checkpoint import load_checkpoint
 from bbn.config import load_config
 from bbn.runs import RunDir, read_metrics
-from bbn.train import CHECKPOINT_FORMAT, resume_run, start_run
+from bbn.errors import BBNError
+from bbn.train import CHECKPOINT_FORMAT, continue_run, resume_run, start_run
 
 # A tiny digits-LT run: ~500 training images of 8x8, 4 epochs of ~15 steps.
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",
@@ -112,3 +113,20 @@ def test_ce_baseline_trains(tmp_path: Path) -> None:
     assert [r["alpha"] for r in rows] == [None, None]
     assert final["num_params"] == 464_154 - GREY_STEM  # plain ResNet-32, 10 classes, 1 channel
     assert final["top1"] > 10.0  # better than chance after two epochs
+
+
+def test_continue_run_starts_reuses_and_restarts_an_empty_folder(finished: tuple[RunDir, dict],
+                                                                  tmp_path: Path) -> None:
+    run, final = finished
+    lines: list[str] = []
+    again, reused = continue_run(load_config(None, TINY), run.root, progress=False, log=lines.append)
+    assert reused == json.loads(run.final.read_text()) and lines == [f"reusing the finished run {run.root}"]
+    # a folder made but stopped before its first epoch holds nothing to keep: started afresh
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    (empty / "config.yaml").write_text("name: whatever\n")
+    cfg = load_config(None, [*TINY, "train.epochs=1"])
+    _, fresh = continue_run(cfg, empty, progress=False, log=_quiet)
+    assert fresh["epochs"] == 1
+    with pytest.raises(BBNError, match="was trained with train.epochs=1, not 4"):
+        continue_run(load_config(None, TINY), empty, progress=False, log=_quiet)

@@ -32,11 +32,5 @@ $BBN analyze weight-norms $RUNS/table1/digits_ce/seed0 $RUNS/table1/digits_rw/se
     $RUNS/table1/digits_rs/seed0 $RUNS/table1/digits_bbn/seed0 \
     --labels CE,RW,RS,BBN --out $HERE/weight_norms.png
 
-# Feature quality: retrain a classifier on frozen BBN-CB / BBN-RB features (and CE's).
-for seed in $(seq 0 $((SEEDS - 1))); do
-    for branch in cb rb; do
-        $BBN study retrain $RUNS/table1/digits_bbn/seed$seed --rule ce --branch $branch \
-            --out $RUNS/feature_quality/bbn_${branch}_seed$seed.json
-    done
-    $BBN study retrain $RUNS/table1/digits_ce/seed$seed --rule ce --out $RUNS/feature_quality/ce_seed$seed.json
-done
+# Feature quality: a classifier retrained on frozen CE / RW / RS / BBN-CB / BBN-RB features.
+.venv/bin/python $HERE/feature_quality.py $RUNS/table1 "$SEEDS" $HERE/feature_quality.md

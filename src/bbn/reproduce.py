@@ -7,7 +7,6 @@ import fnmatch
 import itertools
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -20,8 +19,7 @@ from typing import Any, Callable, Sequence
 from bbn.config import Config, load_config, parse_override, preset_names
 from bbn.errors import BBNError
 from bbn.paper import method_label, paper_error
-from bbn.runs import RunDir
-from bbn.train import check_names, resume_run, start_run
+from bbn.train import check_names, continue_run
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
 
@@ -85,27 +83,9 @@ def plan(patterns: Sequence[str], seeds: int, overrides: Sequence[str], grid: Se
     return jobs
 
 
-def _saved_config(run: RunDir) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(run.config.read_text()) or {}
-
-
 def run_job(job: Job, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
     """Run (or resume, or reuse) one job's folder; its final.json as a dict."""
-    cfg = job.build()
-    run = RunDir(job.folder)
-    if run.config.is_file():
-        if _saved_config(run) != cfg.to_dict():
-            raise BBNError(f"run folder '{run.root}' was made with a different config; "
-                           "use another --out or the same overrides as before")
-        if run.final.is_file():
-            return json.loads(run.final.read_text())
-        if run.last.is_file():
-            return resume_run(run.root, progress=progress, log=log)[1]
-    if run.root.exists() and not run.last.is_file() and not run.metrics.is_file():
-        shutil.rmtree(run.root)  # created, but stopped before its first epoch: nothing to keep
-    return start_run(cfg, run.root, progress=progress, log=log)[1]
+    return continue_run(job.build(), job.folder, progress=progress, log=log)[1]
 
 
 def _worker(job: Job, threads: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bbn.config import Config, save_config
+from bbn.config import Config, build_config, read_yaml, save_config
 from bbn.errors import BBNError
 
 
@@ -27,6 +27,39 @@ class RunDir:
     last = property(lambda self: self.root / "checkpoints" / "last.pt")
     best = property(lambda self: self.root / "checkpoints" / "best.pt")
     tensorboard = property(lambda self: self.root / "tensorboard")
+
+
+# Keys that change how a run is executed, not what it learns: a reused run may differ in them.
+EXECUTION_KEYS = frozenset({"train.threads", "train.tensorboard", "train.log_every", "train.device",
+                            "train.eval_batch_size", "name"})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def check_same_config(run: RunDir, cfg: Config) -> None:
+    """A run folder may be reused or resumed only if it learns what `cfg` asks for."""
+    saved = _flatten(build_config(read_yaml(run.config)).to_dict())
+    wanted = _flatten(cfg.to_dict())
+    for key in wanted:
+        if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
+            raise BBNError(f"'{run.root}' was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
+                           "choose another --out or delete that folder")
+
+
+def never_trained(run: RunDir) -> bool:
+    """The folder was created but stopped before its first epoch was written: nothing to keep."""
+    if run.last.is_file() or run.metrics.is_file() or run.final.is_file():
+        return False
+    known = {run.config, run.checkpoints, run.tensorboard}
+    return all(p in known for p in run.root.iterdir()) and not any(run.checkpoints.glob("*.pt"))
 
 
 def default_run_path(cfg: Config) -> Path:

@@ -3,7 +3,9 @@ folder and resume. Nothing here is method-specific: the method gives the loss.""
 
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import random
 import sys
 import time
@@ -27,7 +29,8 @@ from bbn.methods import METHODS, Method
 from bbn.models import BilateralModel, create_model, num_params
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
-from bbn.runs import RunDir, create_run_dir, default_run_path, write_json, write_metrics
+from bbn.runs import (RunDir, check_same_config, create_run_dir, default_run_path, never_trained, write_json,
+                      write_metrics)
 
 CHECKPOINT_FORMAT = 1
 
@@ -237,6 +240,23 @@ def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=pr
         f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
         f"device {session.device})")
     return run, fit(session, run, progress, log)
+
+
+def continue_run(cfg: Config, out: str | Path, progress: bool = True,
+                 log=print) -> tuple[RunDir, dict[str, Any]]:
+    """The run of `cfg` in folder `out`, whatever state it is in: a finished one is reused, a
+    stopped one resumed, one that never finished an epoch (or none) started afresh. A folder
+    made with a config that learns something else is an error."""
+    run = RunDir(out)
+    if run.root.is_dir() and run.config.is_file() and not never_trained(run):
+        check_same_config(run, cfg)
+        if run.final.is_file():
+            log(f"reusing the finished run {run.root}")
+            return run, json.loads(run.final.read_text())
+        return resume_run(run.root, progress=progress, log=log)
+    if run.root.is_dir() and run.config.is_file():
+        shutil.rmtree(run.root)
+    return start_run(cfg, run.root, progress=progress, log=log)
 
 
 def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:

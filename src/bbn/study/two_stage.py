@@ -17,19 +17,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bbn.config import Config, build_config, read_yaml
+from bbn.config import Config, build_config
 from bbn.errors import BBNError
 from bbn.methods import METHODS
 from bbn.runs import RunDir, write_json
 from bbn.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
 from bbn.study.features import frozen_features, load_run
-from bbn.train import resume_run, start_run
+from bbn.train import continue_run
 
 MANNERS = ("ce", "rw", "rs")  # representation manners (rows) and classifier manners (columns)
 STAGE1_MODEL = "resnet32"
-# Keys that change how a run is executed, not what it learns: a reused run may differ in them.
-EXECUTION_KEYS = frozenset({"train.threads", "train.tensorboard", "train.log_every", "train.device",
-                            "train.eval_batch_size", "name"})
 SUMMARY_KEYS = ("top1", "top5", "error", "many", "medium", "few")
 
 
@@ -39,42 +36,10 @@ def stage1_config(base: Config, manner: str) -> Config:
                                          f"name={base.name}-stage1-{manner}"])
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def check_same_config(run: RunDir, cfg: Config) -> None:
-    """A run folder may be reused or resumed only if it learns what `cfg` asks for."""
-    saved = _flatten(build_config(read_yaml(run.config)).to_dict())
-    wanted = _flatten(cfg.to_dict())
-    for key in wanted:
-        if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
-            raise BBNError(f"'{run.root}' was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
-                           "choose another --out or delete that folder")
-
-
 def stage1(cfg: Config, folder: Path, progress: bool, log: Callable[[str], None]) -> RunDir:
     """The stage-1 run in `folder`: reused when finished, resumed when stopped, else started."""
-    run = RunDir(folder)
-    manner = cfg.method.name
-    if run.final.is_file():
-        check_same_config(run, cfg)
-        log(f"stage 1 {manner}: reusing the finished run {run.root}")
-        return run
-    if run.last.is_file():
-        check_same_config(run, cfg)
-        log(f"stage 1 {manner}: resuming {run.root}")
-        return resume_run(run.root, progress=progress, log=log)[0]
-    if run.root.exists() and any(run.root.iterdir()):
-        raise BBNError(f"'{run.root}' holds a stage-1 run that never finished an epoch; delete it and run again")
-    log(f"stage 1 {manner}: training {run.root}")
-    return start_run(cfg, run.root, progress=progress, log=log)[0]
+    log(f"stage 1 {cfg.method.name}: {folder}")
+    return continue_run(cfg, folder, progress=progress, log=log)[0]
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
