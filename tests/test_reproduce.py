@@ -67,6 +67,7 @@ def test_summary_puts_the_paper_beside_ours(tmp_path: Path) -> None:
               {"top1": 44.0, "best_top1": 45.0, "many": 70.0, "medium": 40.0, "few": 10.0}]
     summary = summarize(jobs, finals)
     assert summary["columns"] == ["CIFAR-10 IR100", "CIFAR-100 IR50"]
+    assert list(summary["rows"]) == ["CE", "BBN"]  # the paper's row order, not the planned one
     text = render(summary, 2, "bbn reproduce test")
     # errors 20 and 22: mean 21, sample std sqrt(2) = 1.41
     assert "| BBN | 21.00 ± 1.41 (20.18) |  |" in text

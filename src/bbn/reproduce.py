@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from bbn.config import Config, load_config, parse_override, preset_names
 from bbn.errors import BBNError
-from bbn.paper import method_label, paper_error
+from bbn.paper import METHOD_LABELS, method_label, paper_error
 from bbn.train import check_names, continue_run
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
@@ -149,7 +149,10 @@ def summarize(jobs: list[Job], finals: list[dict[str, Any]]) -> dict[str, Any]:
             cell["paper"] = paper_error(cfg.method.name, cfg.data.source, cfg.data.imbalance_ratio)
         cell["runs"].append({k: final.get(k) for k in ("top1", "error", "best_top1", "many", "medium", "few")}
                             | {"seed": job.seed, "folder": str(job.folder)})
-    return {"columns": columns, "rows": rows}
+    order = list(METHOD_LABELS)  # the paper's row order; variants keep their planned order
+    ranked = sorted(enumerate(rows.items()), key=lambda item: (
+        order.index(item[1][1]["method"]) if item[1][1]["method"] in order else len(order), item[0]))
+    return {"columns": columns, "rows": dict(row for _, row in ranked)}
 
 
 def _table(summary: dict[str, Any], value: Callable[[dict[str, Any]], float | None],
