@@ -9,7 +9,8 @@ HERE=experiments/digits_lt
 RUNS=$HERE/runs
 SEEDS=${SEEDS:-3}
 JOBS=${JOBS:-2}
-COMMON="train.tensorboard=false"
+# NCHW fp32: the setting the committed tables were made with (parity with NHWC below).
+COMMON="train.tensorboard=false train.channels_last=false"
 
 # Table 1: every method of SPEC §6 on digits-LT.
 $BBN reproduce 'digits_*' --seeds "$SEEDS" --jobs "$JOBS" $COMMON --out $RUNS/table1
@@ -34,3 +35,8 @@ $BBN analyze weight-norms $RUNS/table1/digits_ce/seed0 $RUNS/table1/digits_rw/se
 
 # Feature quality: a classifier retrained on frozen CE / RW / RS / BBN-CB / BBN-RB features.
 .venv/bin/python $HERE/feature_quality.py $RUNS/table1 "$SEEDS" $HERE/feature_quality.md
+
+# Speed switch parity: NCHW vs NHWC (channels_last, the default) on BBN and CE.
+$BBN reproduce digits_bbn digits_ce --seeds "$SEEDS" --jobs "$JOBS" train.tensorboard=false \
+    --grid train.channels_last=false,true --out $RUNS/parity_channels_last
+cp $RUNS/parity_channels_last/results.md $HERE/parity_channels_last.md

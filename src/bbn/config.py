@@ -84,7 +84,12 @@ class MethodConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Optimiser, schedule (SPEC §5) and loop settings."""
+    """Optimiser, schedule (SPEC §5) and loop settings.
+
+    Speed switches: `precision` (fp32; bf16 autocast; auto = bf16 where the device runs it
+    natively), `channels_last` (NHWC activations, faster convolutions on CPU and GPU) and
+    `compile` (compiled residual stages). Figures: benchmarks/RESULTS.md.
+    """
 
     epochs: int = Field(200, ge=1, le=100_000)
     batch_size: int = Field(128, ge=1)
@@ -104,6 +109,9 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True
     deterministic: bool = True
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    channels_last: bool = True
+    compile: bool = False
 
     @model_validator(mode="after")
     def _check_milestones(self) -> "TrainConfig":

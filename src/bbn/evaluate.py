@@ -17,6 +17,7 @@ from bbn.errors import BBNError
 from bbn.metrics import classification_metrics
 from bbn.models import BilateralModel, create_model, num_params
 from bbn.runs import RunDir, write_json
+from bbn.speed import autocast, autocast_dtype, memory_format
 
 
 @torch.no_grad()
@@ -129,12 +130,15 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
     if name is not None and not isinstance(model, BilateralModel):
         raise BBNError(f"--branch {branch} needs a bilateral (BBN) model but '{loaded.checkpoint}' holds "
                        f"{cfg.model.name}; use --branch all")
-    test = DeviceImages.create(data.test, data.mean, data.std, device)
-    if name is None:
-        result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)
-    else:
-        logits, labels = predict_branch(model, test, cfg.train.eval_batch_size, name)
-        result = classification_metrics(logits, labels, data.class_counts)
+    fmt = memory_format(cfg.train.channels_last)
+    model.to(memory_format=fmt)
+    test = DeviceImages.create(data.test, data.mean, data.std, device, fmt)
+    with autocast(device, autocast_dtype(cfg.train.precision, device)):  # as the run evaluated itself
+        if name is None:
+            result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)
+        else:
+            logits, labels = predict_branch(model, test, cfg.train.eval_batch_size, name)
+            result = classification_metrics(logits, labels, data.class_counts)
     result.update(checkpoint=str(loaded.checkpoint), epoch=loaded.payload.get("epoch"),
                   branch=name or "all", class_counts=data.class_counts,
                   class_names=data.train.class_names, num_params=num_params(model))

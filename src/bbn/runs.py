@@ -30,8 +30,9 @@ class RunDir:
 
 
 # Keys that change how a run is executed, not what it learns: a reused run may differ in them.
+# (The memory format and compilation change float rounding only, not the computation.)
 EXECUTION_KEYS = frozenset({"train.threads", "train.tensorboard", "train.log_every", "train.device",
-                            "train.eval_batch_size", "name"})
+                            "train.eval_batch_size", "train.channels_last", "train.compile", "name"})
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

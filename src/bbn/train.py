@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from bbn.methods import METHODS, Method
 from bbn.models import BilateralModel, create_model, num_params
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
+from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
 from bbn.runs import (RunDir, check_same_config, create_run_dir, default_run_path, never_trained, write_json,
                       write_metrics)
 
@@ -53,6 +54,11 @@ class Session:
     best_epoch: int = 0
     train_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    amp_dtype: torch.dtype | None = None
+
+    def autocast(self) -> ContextManager:
+        """The precision context of forward passes (train.precision)."""
+        return autocast(self.device, self.amp_dtype)
 
 
 def check_names(cfg: Config) -> None:
@@ -87,13 +93,17 @@ def build_session(cfg: Config) -> Session:
     model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
     method = METHODS.get(cfg.method.name)(cfg, data.train.labels, data.train.num_classes)
     method.check_model(model)
-    model.to(device)
+    fmt = memory_format(cfg.train.channels_last)
+    model.to(device=device, memory_format=fmt)
+    if cfg.train.compile:
+        compile_model(model)
     return Session(
         cfg=cfg, device=device, data=data, model=model, method=method,
         optimizer=build_optimizer(model, cfg.train),
         generator=torch.Generator().manual_seed(cfg.seed),
-        train_set=DeviceImages.create(data.train, data.mean, data.std, device),
-        test_set=DeviceImages.create(data.test, data.mean, data.std, device),
+        train_set=DeviceImages.create(data.train, data.mean, data.std, device, fmt),
+        test_set=DeviceImages.create(data.test, data.mean, data.std, device, fmt),
+        amp_dtype=autocast_dtype(cfg.train.precision, device),
     )
 
 
@@ -116,14 +126,15 @@ def _restore(s: Session, payload: dict[str, Any]) -> None:
     s.train_s, s.history = payload["train_s"], list(payload["history"])
 
 
-def train_epoch(s: Session, progress: bool) -> dict[str, Any]:
-    """One epoch; host synchronisation only every `log_every` steps and at the end."""
+def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dict[str, Any]:
+    """One epoch (or its first `max_steps` steps, for benchmarks); host synchronisation
+    only every `log_every` steps and at the end."""
     cfg, epoch = s.cfg, s.epoch + 1
     lr = learning_rate(epoch, cfg.train)
     set_lr(s.optimizer, lr)
     logged = s.method.start_epoch(epoch, s.generator)
     s.model.train()
-    steps = s.method.steps_per_epoch()
+    steps = s.method.steps_per_epoch() if max_steps is None else min(max_steps, s.method.steps_per_epoch())
     loss_sum = torch.zeros((), device=s.device)
     acc_sum = torch.zeros((), device=s.device)
     images = 0
@@ -131,7 +142,10 @@ def train_epoch(s: Session, progress: bool) -> dict[str, Any]:
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     for i, batch in enumerate(s.method.epoch_batches(s.generator), 1):
-        out = s.method.step(s.model, s.train_set, batch, s.generator)
+        if i > steps:
+            break
+        with s.autocast():
+            out = s.method.step(s.model, s.train_set, batch, s.generator)
         s.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         s.optimizer.step()
@@ -186,7 +200,8 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
         s.train_s += row["epoch_s"]
         is_best = False
         if s.epoch % cfg.train.eval_every == 0 or s.epoch == cfg.train.epochs:
-            row["val_top1"] = evaluate(s.model, s.test_set, s.data.class_counts, cfg.train.eval_batch_size)["top1"]
+            with s.autocast():
+                row["val_top1"] = evaluate(s.model, s.test_set, s.data.class_counts, cfg.train.eval_batch_size)["top1"]
             is_best = row["val_top1"] > s.best_top1
             if is_best:
                 s.best_top1, s.best_epoch = row["val_top1"], s.epoch
@@ -219,14 +234,16 @@ def versions() -> dict[str, str]:
 def finish(s: Session, run: RunDir) -> dict[str, Any]:
     """final.json (last-epoch metrics plus the best epoch's top-1, the classifier weight
     norms and, for BBN, each branch alone) and report.md."""
-    final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
+    with s.autocast():
+        final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     final.update(best_top1=s.best_top1, best_epoch=s.best_epoch, class_counts=s.data.class_counts,
                  class_names=s.data.train.class_names, num_params=num_params(s.model),
                  train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions(),
                  weight_norms=classifier_weight_norms(s.model))
     if isinstance(s.model, BilateralModel):
-        final["branches"] = evaluate_branches(s.model, s.test_set, s.data.class_counts,
-                                              s.cfg.train.eval_batch_size)
+        with s.autocast():
+            final["branches"] = evaluate_branches(s.model, s.test_set, s.data.class_counts,
+                                                  s.cfg.train.eval_batch_size)
     write_json(run.final, final)
     write_report(run.root, final, s.history, s.cfg.to_dict())
     return final

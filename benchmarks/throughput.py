@@ -1,0 +1,309 @@
+"""Training and evaluation throughput of BBN ResNet-32 on a CIFAR-10-LT-sized set, for
+named variants side by side in one run.
+
+    python benchmarks/throughput.py [--variants reference,ours,...] [--steps 20] [--append]
+
+Each variant runs in its own process (so peak memory and thread settings are its own) on
+the same synthetic CIFAR-10-LT IR100 set (12,406 uint8 32x32 images, the paper's class
+counts) and reports: training images/s counting both branches (128 + 128 per step),
+seconds per epoch (96 steps, from the measured seconds per step), evaluation images/s over
+the 10,000-image test set, and peak memory (resident set of the variant's main process on
+the CPU; allocated memory on CUDA).
+
+`reference` re-implements the reference's pipeline: a Dataset that turns each uint8 image
+into a PIL image, draws its reversed sample inside `__getitem__` with Python's `random`,
+applies torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor +
+Normalize per sample in 2 DataLoader workers; two fp32 passes per step, and the shown
+accuracy brought to the host every step. The other variants are this package's trainer
+(`bbn.train.train_epoch`) with config overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bbn.config import Config, load_config
+from bbn.data.longtail import longtail_counts
+from bbn.data.loader import DeviceImages
+from bbn.data.prepare import PreparedData
+from bbn.data.sources import LabeledImages
+from bbn.evaluate import evaluate, resolve_device
+from bbn.methods import METHODS
+from bbn.models import create_model
+from bbn.optim import build_optimizer
+from bbn.speed import autocast_dtype, compile_model, memory_format
+from bbn.train import Session, train_epoch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+TEST_IMAGES = 10_000
+
+# Our variants: name -> config overrides on the cifar10_ir100_bbn preset.
+OURS: dict[str, list[str]] = {
+    "ours-fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
+    "ours-channels_last": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
+    "ours-bf16": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
+    "ours-compile": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
+    "ours": [],  # the preset's defaults: what `bbn train cifar10_ir100_bbn` runs
+}
+
+
+def synthetic_cifar_lt(seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """Random images with CIFAR-10-LT IR100's class counts (12,406) and a 10,000 test set."""
+    g = torch.Generator().manual_seed(seed)
+    counts = longtail_counts(5000, 10, 100, "exp")
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    names = [f"class{c}" for c in range(10)]
+    train = LabeledImages(torch.randint(0, 256, (len(labels), 3, 32, 32), generator=g, dtype=torch.uint8),
+                          labels, names)
+    test_labels = torch.arange(TEST_IMAGES) % 10
+    test = LabeledImages(torch.randint(0, 256, (TEST_IMAGES, 3, 32, 32), generator=g, dtype=torch.uint8),
+                         test_labels, names)
+    return train, test
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- this package's trainer -------------------------------------------------------------
+
+
+def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str) -> dict[str, Any]:
+    cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false"])
+    train, test = synthetic_cifar_lt()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, 10, 3).to(device)
+    method = METHODS.get(cfg.method.name)(cfg, train.labels, 10)
+    data = PreparedData(train, test, CIFAR_MEAN, CIFAR_STD)
+    fmt = memory_format(cfg.train.channels_last)
+    model.to(memory_format=fmt)
+    if cfg.train.compile:
+        compile_model(model)
+    s = Session(cfg=cfg, device=device, data=data, model=model, method=method,
+                optimizer=build_optimizer(model, cfg.train), generator=torch.Generator().manual_seed(0),
+                train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt),
+                test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
+                amp_dtype=autocast_dtype(cfg.train.precision, device))
+    train_epoch(s, progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
+    s.epoch = 0
+    _sync(device)
+    start = time.perf_counter()
+    row = train_epoch(s, progress=False, max_steps=steps)
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    with s.autocast():
+        evaluate(s.model, s.test_set, data.class_counts, cfg.train.eval_batch_size)
+    _sync(device)
+    eval_s = time.perf_counter() - start
+    return {"step_s": step_s, "images_per_step": 2 * cfg.train.batch_size, "eval_s": eval_s,
+            "steps_per_epoch": method.steps_per_epoch(), "peak_mb": _peak_memory_mb(device),
+            "loss": row["train_loss"]}
+
+
+# --- the reference's pipeline -----------------------------------------------------------
+
+
+class ReferenceCIFAR(torch.utils.data.Dataset):
+    """The reference's IMBALANCECIFAR10 with its dual sampler: PIL per image, the reversed
+    sample drawn inside __getitem__ by a Python loop over the class weights."""
+
+    def __init__(self, data: LabeledImages, transform: Callable, dual_sample: bool) -> None:
+        self.images = data.images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as the pickles
+        self.labels = data.labels.tolist()
+        self.transform, self.dual_sample = transform, dual_sample
+        num_list = data.class_counts()
+        self.class_weight = [max(num_list) / n for n in num_list]
+        self.sum_weight = sum(self.class_weight)
+        self.class_dict: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            self.class_dict.setdefault(label, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sample_class_index_by_weight(self) -> int:
+        rand_number, now_sum = random.random() * self.sum_weight, 0.0
+        for i, w in enumerate(self.class_weight):
+            now_sum += w
+            if rand_number <= now_sum:
+                return i
+        return len(self.class_weight) - 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        from PIL import Image
+
+        meta: dict[str, Any] = {}
+        if self.dual_sample:
+            sample_class = self.sample_class_index_by_weight()
+            sample_index = random.choice(self.class_dict[sample_class])
+            meta["sample_image"] = self.transform(Image.fromarray(self.images[sample_index]))
+            meta["sample_label"] = self.labels[sample_index]
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index], meta
+
+
+def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2) -> dict[str, Any]:
+    import torchvision.transforms as T
+
+    device = resolve_device(device_name)
+    train, test = synthetic_cifar_lt()
+    normalize = T.Normalize(CIFAR_MEAN, CIFAR_STD)
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    test_tf = T.Compose([T.ToTensor(), normalize])
+    loader = torch.utils.data.DataLoader(
+        ReferenceCIFAR(train, train_tf, dual_sample=True), batch_size=128, shuffle=True,
+        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
+    torch.manual_seed(0)
+    model = create_model("bbn_resnet32", 10, 3).to(device)
+    cfg = load_config("cifar10_ir100_bbn")
+    optimizer = build_optimizer(model, cfg.train)
+    model.train()
+    epoch, div_epoch = 1, 200
+    batches = iter(loader)
+    start = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        image, label, meta = next(batches)
+        image_a, label_a = image.to(device), label.to(device)
+        image_b, label_b = meta["sample_image"].to(device), meta["sample_label"].to(device)
+        feature_a = model.features(image_a, "conventional")
+        feature_b = model.features(image_b, "rebalancing")
+        l = 1 - ((epoch - 1) / div_epoch) ** 2  # noqa: E741 - the reference's name
+        mixed_feature = 2 * torch.cat((l * feature_a, (1 - l) * feature_b), dim=1)
+        output = model.classifier(mixed_feature)
+        loss = l * F.cross_entropy(output, label_a) + (1 - l) * F.cross_entropy(output, label_b)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        now_result = torch.argmax(torch.softmax(output, 1), 1).cpu().numpy()
+        _acc = l * float((now_result == label_a.cpu().numpy()).mean()) + \
+            (1 - l) * float((now_result == label_b.cpu().numpy()).mean())
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    test_loader = torch.utils.data.DataLoader(ReferenceCIFAR(test, test_tf, dual_sample=False), batch_size=64,
+                                              shuffle=False, num_workers=workers)
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for image, label, _ in test_loader:
+            torch.argmax(torch.softmax(model(image.to(device)), 1), 1).cpu()
+    _sync(device)
+    eval_s = time.perf_counter() - start
+    return {"step_s": step_s, "images_per_step": 256, "eval_s": eval_s, "steps_per_epoch": len(loader),
+            "peak_mb": _peak_memory_mb(device), "loss": float(loss.detach())}
+
+
+# --- driver ---------------------------------------------------------------------------
+
+
+def _child(name: str, steps: int, warmup: int, device: str, threads: int | None, queue: mp.Queue) -> None:
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if name == "reference":
+            out = run_reference(steps, warmup, device)
+        else:
+            out = run_ours(OURS[name], steps, warmup, device)
+        queue.put((name, out))
+    except Exception as exc:  # reported in the table, never hidden
+        queue.put((name, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def measure(name: str, steps: int, warmup: int, device: str, threads: int | None) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(name, steps, warmup, device, threads, queue))
+    proc.start()
+    _, out = queue.get()
+    proc.join()
+    return out
+
+
+def machine(device: str) -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if device != "cpu" and torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    import torchvision
+
+    return f"{text}; torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    base = results.get("reference", {}).get("step_s")
+    lines = ["| variant | train img/s | epoch s | eval img/s | peak MB | vs reference |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | |")
+            continue
+        rate = r["images_per_step"] / r["step_s"]
+        ratio = f"{base / r['step_s']:.2f}x" if base else "n/a"
+        lines.append(f"| {name} | {rate:,.0f} | {r['step_s'] * r['steps_per_epoch']:.1f} | "
+                     f"{TEST_IMAGES / r['eval_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", default="reference," + ",".join(OURS),
+                        help=f"comma-separated, from: reference, {', '.join(OURS)}")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n != "reference" and n not in OURS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: reference, {', '.join(OURS)}")
+    results = {}
+    for name in names:
+        print(f"measuring {name} ...", file=sys.stderr)
+        results[name] = measure(name, args.steps, args.warmup, args.device, args.threads)
+    text = table(results)
+    print(text)
+    if args.append:
+        command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+        with RESULTS.open("a") as f:
+            f.write(f"\n### Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size ({time.strftime('%Y-%m-%d')})\n\n"
+                    f"Machine: {machine(args.device)}. Device: {args.device}. Command: `{command.strip()}` "
+                    f"({args.steps} timed steps after {args.warmup} untimed, per variant).\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
