@@ -11,21 +11,18 @@ shot-group accuracy (mean ± std over seeds) with the wall time of one run, and 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 from bbn.config import load_config
 from bbn.train import start_run
+from throughput import append_results
 
 PRESETS = ("digits_bbn", "digits_ce")
 COLUMNS = ("top1", "many", "medium", "few")
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def _cell(values: list[float | None]) -> str:
@@ -34,18 +31,6 @@ def _cell(values: list[float | None]) -> str:
         return "n/a"
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> int:
@@ -75,11 +60,8 @@ def main() -> int:
     ])
     print(table)
     if args.append:
-        command = "python benchmarks/demo_accuracy.py " + " ".join(sys.argv[1:])
-        with RESULTS.open("a") as f:
-            f.write(f"\n### Demo accuracy, {args.seeds} seeds ({time.strftime('%Y-%m-%d')})\n\n"
-                    f"Machine: {machine()}. Command: `{command.strip()}`. Last-epoch test accuracy "
-                    f"(mean ± std over seeds 0..{args.seeds - 1}).\n\n{table}\n")
+        append_results(f"Demo accuracy, {args.seeds} seeds", "cpu",
+                       f"Last-epoch test accuracy (mean ± std over seeds 0..{args.seeds - 1}).", table)
     return 0
 
 

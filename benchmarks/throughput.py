@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,23 +89,28 @@ def _sync(device: torch.device) -> None:
 # --- this package's trainer -------------------------------------------------------------
 
 
-def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str) -> dict[str, Any]:
-    cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false"])
+def synthetic_session(cfg: Config) -> Session:
+    """A training session of `cfg` on the synthetic CIFAR-10-LT set, with the trainer's
+    speed switches applied as `bbn train` applies them."""
     train, test = synthetic_cifar_lt()
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.name, 10, 3).to(device)
-    method = METHODS.get(cfg.method.name)(cfg, train.labels, 10)
-    data = PreparedData(train, test, CIFAR_MEAN, CIFAR_STD)
     fmt = memory_format(cfg.train.channels_last)
-    model.to(memory_format=fmt)
+    model = create_model(cfg.model.name, 10, 3).to(device=device, memory_format=fmt)
     if cfg.train.compile:
         compile_model(model)
-    s = Session(cfg=cfg, device=device, data=data, model=model, method=method,
-                optimizer=build_optimizer(model, cfg.train), generator=torch.Generator().manual_seed(0),
-                train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt),
-                test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
-                amp_dtype=autocast_dtype(cfg.train.precision, device))
+    return Session(cfg=cfg, device=device, data=PreparedData(train, test, CIFAR_MEAN, CIFAR_STD), model=model,
+                   method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
+                   optimizer=build_optimizer(model, cfg.train), generator=torch.Generator().manual_seed(0),
+                   train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt),
+                   test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
+                   amp_dtype=autocast_dtype(cfg.train.precision, device))
+
+
+def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str) -> dict[str, Any]:
+    cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false"])
+    s = synthetic_session(cfg)
+    device, data, method = s.device, s.data, s.method
     train_epoch(s, progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
     s.epoch = 0
     _sync(device)
@@ -261,6 +265,14 @@ def machine(device: str) -> str:
     return f"{text}; torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
 
 
+def append_results(title: str, device: str, what: str, text: str) -> None:
+    """Append a dated section (machine, the command that was run, the table) to RESULTS.md."""
+    command = f"python {Path(sys.argv[0]).as_posix()} " + " ".join(sys.argv[1:])
+    with RESULTS.open("a") as f:
+        f.write(f"\n### {title} ({time.strftime('%Y-%m-%d')})\n\nMachine: {machine(device)}. "
+                f"Command: `{command.strip()}`. {what}\n\n{text}\n")
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     base = results.get("reference", {}).get("step_s")
     lines = ["| variant | train img/s | epoch s | eval img/s | peak MB | vs reference |",
@@ -297,11 +309,9 @@ def main() -> int:
     text = table(results)
     print(text)
     if args.append:
-        command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-        with RESULTS.open("a") as f:
-            f.write(f"\n### Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size ({time.strftime('%Y-%m-%d')})\n\n"
-                    f"Machine: {machine(args.device)}. Device: {args.device}. Command: `{command.strip()}` "
-                    f"({args.steps} timed steps after {args.warmup} untimed, per variant).\n\n{text}\n")
+        append_results("Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size", args.device,
+                       f"Device: {args.device}; {args.steps} timed steps after {args.warmup} untimed, per variant.",
+                       text)
     return 0
 
 
