@@ -22,17 +22,15 @@ def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"
-
-
 def _summary(result: dict[str, Any]) -> str:
-    lines = [f"top-1 {_fmt(result['top1'])}   top-5 {_fmt(result['top5'])}   error {_fmt(result['error'])}"]
+    from bbn.metrics import percent, summary_lines
+
+    top, groups = summary_lines(result)
+    lines = [top]
     if "best_top1" in result:
-        lines[0] = "last epoch: " + lines[0]
-        lines.append(f"best epoch: top-1 {_fmt(result['best_top1'])} at epoch {result['best_epoch']}")
-    lines.append(f"many {_fmt(result['many'])}   medium {_fmt(result['medium'])}   few {_fmt(result['few'])}")
-    return "\n".join(lines)
+        lines = ["last epoch: " + top,
+                 f"best epoch: top-1 {percent(result['best_top1'])} at epoch {result['best_epoch']}"]
+    return "\n".join([*lines, groups])
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,3 +46,16 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
     out["per_class"] = [None if v != v else float(v) for v in per_class.tolist()]
     out["confusion"] = conf.tolist()
     return out
+
+
+def percent(value: float | None) -> str:
+    """An accuracy as `12.34%`, or `n/a` for None / NaN (an empty group or class)."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    return f"{float(value):.2f}%"
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The two lines every command prints: top-1 / top-5 / error, then many / medium / few."""
+    return [f"top-1 {percent(result['top1'])}   top-5 {percent(result['top5'])}   error {percent(result['error'])}",
+            f"many {percent(result['many'])}   medium {percent(result['medium'])}   few {percent(result['few'])}"]

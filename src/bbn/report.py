@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from bbn.analysis import RunNorms, plot_weight_norms, weight_norm_table
 from bbn.data.longtail import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
 from bbn.errors import BBNError
+from bbn.metrics import percent
 
 _GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
 _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 1} imgs",
@@ -22,13 +22,6 @@ _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 
 _BRANCH_LOGITS = {"BBN-CB": "W_c f_c + b", "BBN-RB": "W_r f_r + b"}
 _MAX_TICKS = 30
 _TABLE_EDGE = 10
-
-
-def _pct(value: float | None) -> str:
-    """Percent value as `12.34%`, or `n/a` for None/NaN."""
-    if value is None or math.isnan(float(value)):
-        return "n/a"
-    return f"{float(value):.2f}%"
 
 
 def _duration(seconds: float) -> str:
@@ -173,7 +166,7 @@ def _class_rows(order: np.ndarray, acc: np.ndarray, counts: np.ndarray,
     """Per-class Markdown table rows, head to tail (head/tail 10 only beyond 30 classes)."""
     def row(i: int) -> str:
         name = _cell(names[i]) if names else "-"
-        return f"| {i} | {name} | {int(counts[i])} | {_pct(float(acc[i]))} |"
+        return f"| {i} | {name} | {int(counts[i])} | {percent(float(acc[i]))} |"
 
     lines = ["| class | name | train images | accuracy |", "|---:|---|---:|---:|"]
     if len(order) <= _MAX_TICKS:
@@ -224,18 +217,18 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
     lines = [
         f"# Run report: {config.get('name', run_dir.name)}", "",
         "| metric | value |", "|---|---:|",
-        f"| top-1, last epoch | {_pct(final.get('top1'))} |",
-        f"| best top-1 (best epoch {best_epoch}) | {_pct(final.get('best_top1'))} |",
+        f"| top-1, last epoch | {percent(final.get('top1'))} |",
+        f"| best top-1 (best epoch {best_epoch}) | {percent(final.get('best_top1'))} |",
         f"| best epoch | {best_epoch} |",
-        f"| top-5, last epoch | {_pct(final.get('top5'))} |",
-        f"| error, last epoch | {_pct(final.get('error'))} |",
+        f"| top-5, last epoch | {percent(final.get('top5'))} |",
+        f"| error, last epoch | {percent(final.get('error'))} |",
     ]
-    lines += [f"| {g}-shot top-1 ({_GROUP_RULES[g]}, {n_in[g]} classes) | {_pct(final.get(g))} |"
+    lines += [f"| {g}-shot top-1 ({_GROUP_RULES[g]}, {n_in[g]} classes) | {percent(final.get(g))} |"
               for g in SHOT_GROUPS]
     for name, b in (final.get("branches") or {}).items():
-        shots = " / ".join(_pct(b.get(g)) for g in SHOT_GROUPS)
+        shots = " / ".join(percent(b.get(g)) for g in SHOT_GROUPS)
         lines.append(f"| {name} alone ({_BRANCH_LOGITS.get(name, name)}) top-1 "
-                     f"(many / medium / few), last epoch | {_pct(b.get('top1'))} ({shots}) |")
+                     f"(many / medium / few), last epoch | {percent(b.get('top1'))} ({shots}) |")
     lines += [
         "",
         f"- Method: {method_txt}",

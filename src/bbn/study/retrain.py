@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bbn.errors import BBNError
+from bbn.metrics import percent, summary_lines
 from bbn.runs import write_json
 from bbn.study.classifier import (CLASSIFIER_RULES, DEFAULT_TAUS, STAGE2_EPOCHS, Stage2, retrain_classifier,
                                   tau_norm)
@@ -47,10 +48,6 @@ def retrain_run(run: str | Path, rule: str, branch: str | None = None, epochs: i
     return result
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"
-
-
 def format_retrain(result: dict[str, Any]) -> str:
     """What `bbn study retrain` prints: the setting, the metrics, the run's own top-1."""
     rule = result["rule"]
@@ -62,12 +59,11 @@ def format_retrain(result: dict[str, Any]) -> str:
         lines.append("  tau   top-1    many     medium   few")
         for row in result["taus"]:
             mark = " *" if row["tau"] == result["best_tau"] else ""
-            lines.append(f"  {row['tau']:<4g}  {_pct(row['top1']):>7}  {_pct(row['many']):>7}  "
-                         f"{_pct(row['medium']):>7}  {_pct(row['few']):>7}{mark}")
+            lines.append(f"  {row['tau']:<4g}  {percent(row['top1']):>7}  {percent(row['many']):>7}  "
+                         f"{percent(row['medium']):>7}  {percent(row['few']):>7}{mark}")
         lines.append(f"best tau {result['best_tau']:g} (*): {result['note']}")
-    lines.append(f"top-1 {_pct(result['top1'])}   top-5 {_pct(result['top5'])}   error {_pct(result['error'])}")
-    lines.append(f"many {_pct(result['many'])}   medium {_pct(result['medium'])}   few {_pct(result['few'])}")
-    lines.append(f"the run's own classifier on these features: top-1 {_pct(result['own_top1'])}")
+    lines += summary_lines(result)
+    lines.append(f"the run's own classifier on these features: top-1 {percent(result['own_top1'])}")
     lines.append(f"written: {result['output']}")
     return "\n".join(lines)
 
