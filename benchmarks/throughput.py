@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from bbn.config import Config, load_config
 from bbn.data.longtail import longtail_counts
 from bbn.data.loader import DeviceImages
-from bbn.data.prepare import PreparedData
-from bbn.data.sources import LabeledImages
+from bbn.data.sources import LabeledImages, Splits
 from bbn.evaluate import evaluate, resolve_device
 from bbn.methods import METHODS
 from bbn.models import create_model
@@ -99,7 +98,7 @@ def synthetic_session(cfg: Config) -> Session:
     model = create_model(cfg.model.name, 10, 3).to(device=device, memory_format=fmt)
     if cfg.train.compile:
         compile_model(model)
-    return Session(cfg=cfg, device=device, data=PreparedData(train, test, CIFAR_MEAN, CIFAR_STD), model=model,
+    return Session(cfg=cfg, device=device, data=Splits(train, test, CIFAR_MEAN, CIFAR_STD), model=model,
                    method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
                    optimizer=build_optimizer(model, cfg.train), generator=torch.Generator().manual_seed(0),
                    train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt),

@@ -12,7 +12,8 @@ import torch.nn as nn
 from bbn.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
 from bbn.data.loader import DeviceImages
-from bbn.data.prepare import PreparedData, prepare_data
+from bbn.data.prepare import prepare_data
+from bbn.data.sources import Splits
 from bbn.errors import BBNError
 from bbn.metrics import classification_metrics
 from bbn.models import BilateralModel, create_model, num_params
@@ -94,7 +95,7 @@ class LoadedRun:
     model: nn.Module
     payload: dict[str, Any]
     cfg: Config
-    data: PreparedData
+    data: Splits
     checkpoint: Path
     run_root: Path
 

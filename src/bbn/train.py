@@ -22,7 +22,8 @@ from bbn.analysis import classifier_weight_norms
 from bbn.checkpoint import load_checkpoint, save_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.data.loader import DeviceImages
-from bbn.data.prepare import PreparedData, prepare_data
+from bbn.data.prepare import prepare_data
+from bbn.data.sources import Splits
 from bbn.errors import BBNError
 from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
@@ -42,7 +43,7 @@ class Session:
 
     cfg: Config
     device: torch.device
-    data: PreparedData
+    data: Splits
     model: nn.Module
     method: Method
     optimizer: torch.optim.Optimizer

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from bbn.config import Config
 from bbn.data.longtail import check_trainable, first_per_class, make_longtail
-from bbn.data.sources import LabeledImages, load_source
+from bbn.data.sources import LabeledImages, Splits, load_source
 from bbn.errors import BBNError
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    train: LabeledImages
-    test: LabeledImages
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def class_counts(self) -> list[int]:
-        return self.train.class_counts()
 
 
 def resize(data: LabeledImages, size: int) -> LabeledImages:
@@ -33,7 +21,7 @@ def resize(data: LabeledImages, size: int) -> LabeledImages:
     return replace(data, images=images.round().clamp(0, 255).to(torch.uint8))
 
 
-def prepare_data(cfg: Config) -> PreparedData:
+def prepare_data(cfg: Config) -> Splits:
     """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
@@ -51,4 +39,4 @@ def prepare_data(cfg: Config) -> PreparedData:
     for key, vals in (("augment.mean", mean), ("augment.std", std)):
         if len(vals) != channels:
             raise BBNError(f"{key} has {len(vals)} values but the images have {channels} channel(s); give {channels}")
-    return PreparedData(train, test, mean, std)
+    return Splits(train, test, mean, std)

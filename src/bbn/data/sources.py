@@ -61,12 +61,18 @@ class LabeledImages:
 
 @dataclass(frozen=True)
 class Splits:
-    """A source's train and test splits and its usual normalisation (per channel, 0..1 scale)."""
+    """Train and test splits and their normalisation (per channel, 0..1 scale): what a
+    source loads, and what `prepare_data` makes of it (the long-tailed training set)."""
 
     train: LabeledImages
     test: LabeledImages
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """N_i of the training split."""
+        return self.train.class_counts()
 
 
 SOURCES: Registry[Callable[[DataConfig], Splits]] = Registry("data source")
