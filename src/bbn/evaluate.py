@@ -17,14 +17,16 @@ from bbn.data.sources import Splits
 from bbn.errors import BBNError
 from bbn.metrics import classification_metrics
 from bbn.models import BilateralModel, create_model, num_params
+from bbn.models.bilateral import BRANCH_KEYS, BRANCH_LABELS
 from bbn.runs import RunDir, write_json
 from bbn.speed import autocast, autocast_dtype, memory_format
 
 
 @torch.no_grad()
-def _predict_with(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], data: DeviceImages,
+def infer(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], data: DeviceImages,
                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`logits_of(x)` over every test batch with `model` in eval mode, and the labels."""
+    """`logits_of(x)` (logits or features) over every batch of `data` in order, un-augmented,
+    with `model` in eval mode, and the labels."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
@@ -37,18 +39,18 @@ def _predict_with(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Te
 
 def predict(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference logits (for BBN: alpha = 0.5, both branches on the same image) and labels."""
-    return _predict_with(model, model, data, batch_size)
+    return infer(model, model, data, batch_size)
 
 
 # The single-branch models of the paper's analysis (SPEC §2, §7) -> the branch they keep.
-BRANCH_MODELS = {"BBN-CB": "conventional", "BBN-RB": "rebalancing"}
+BRANCH_MODELS = {BRANCH_LABELS[k]: BRANCH_KEYS[k] for k in BRANCH_KEYS}
 
 
 def predict_branch(model: BilateralModel, data: DeviceImages, batch_size: int,
                    name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of one branch alone: BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b), and labels."""
     branch = BRANCH_MODELS[name]
-    return _predict_with(model, lambda x: model.branch_logits(x, branch), data, batch_size)
+    return infer(model, lambda x: model.branch_logits(x, branch), data, batch_size)
 
 
 def evaluate(model: nn.Module, data: DeviceImages, train_counts: list[int], batch_size: int) -> dict[str, Any]:
@@ -100,8 +102,9 @@ class LoadedRun:
     run_root: Path
 
 
-def load_run(target: str | Path, device: torch.device) -> LoadedRun:
-    """The model of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
+def load_run(target: str | Path, device: torch.device | None = None) -> LoadedRun:
+    """The model of a run folder (its best.pt, else last.pt) or of a checkpoint file, on
+    `device` (None: the device its config names)."""
     target = Path(target)
     if not target.exists():
         raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
@@ -111,12 +114,12 @@ def load_run(target: str | Path, device: torch.device) -> LoadedRun:
     data = prepare_data(cfg)
     model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
     model.load_state_dict(payload["model"])
-    model.to(device)
+    model.to(resolve_device(cfg.train.device) if device is None else device)
     return LoadedRun(model, payload, cfg, data, ckpt_path, run_root)
 
 
 # `bbn eval --branch`: all = the normal inference (alpha = 0.5), cb / rb = one branch alone.
-EVAL_BRANCHES = {"all": None, "cb": "BBN-CB", "rb": "BBN-RB"}
+EVAL_BRANCHES = {"all": None, **BRANCH_LABELS}
 
 
 def eval_command(target: str | Path, device_name: str = "auto", branch: str = "all") -> dict[str, Any]:

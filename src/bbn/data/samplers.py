@@ -84,6 +84,13 @@ def uniform_sampler(labels: torch.Tensor, num_classes: int) -> InstanceSampler:
     return InstanceSampler(labels)
 
 
+def drawn_batches(sampler: ClassSampler | InstanceSampler, steps: int, batch_size: int,
+                  generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """An epoch of `steps` batches drawn from a re-balancing sampler (e.g. as many as the
+    uniform epoch has, so a re-sampled epoch costs the same number of steps)."""
+    return iter(sampler.draw(steps * batch_size, generator).split(batch_size))
+
+
 class UniformSampler:
     """Each image once per epoch in a fresh seeded permutation, cut into batches."""
 

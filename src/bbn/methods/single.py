@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from bbn.config import Config
 from bbn.data.loader import DeviceImages
-from bbn.data.samplers import REBALANCE_SAMPLERS, ClassSampler, InstanceSampler, UniformSampler
+from bbn.data.samplers import REBALANCE_SAMPLERS, ClassSampler, InstanceSampler, UniformSampler, drawn_batches
 from bbn.errors import BBNError
 from bbn.methods.base import METHODS, Method, StepResult
 from bbn.models.bilateral import BilateralModel
@@ -64,18 +64,13 @@ class SingleBranch(Method):
         return len(self.uniform)
 
     def epoch_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """The uniform epoch, or as many batches drawn from the epoch's re-balancing sampler."""
         name = self.sampler(self.epoch)
         if name == "uniform":
             return self.uniform.epoch(generator)
-        return self.drawn_batches(name, generator)
-
-    def drawn_batches(self, name: str, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """An epoch of as many batches as the uniform sampler's, drawn from sampler `name`."""
         if name not in self._samplers:
             self._samplers[name] = REBALANCE_SAMPLERS.get(name)(self.labels, self.num_classes)
-        size = self.cfg.train.batch_size
-        drawn = self._samplers[name].draw(self.steps_per_epoch() * size, generator)
-        return iter(drawn.split(size))
+        return drawn_batches(self._samplers[name], self.steps_per_epoch(), self.cfg.train.batch_size, generator)
 
     def start_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float | None]:
         self.epoch = epoch

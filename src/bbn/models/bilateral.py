@@ -11,6 +11,10 @@ import torch
 import torch.nn as nn
 
 BRANCHES = ("conventional", "rebalancing")
+# The command line's short names of the branches (--branch cb|rb) and the paper's names of
+# each branch evaluated alone (W_c f_c + b, W_r f_r + b).
+BRANCH_KEYS = {"cb": "conventional", "rb": "rebalancing"}
+BRANCH_LABELS = {"cb": "BBN-CB", "rb": "BBN-RB"}
 
 
 class BilateralModel(nn.Module):

@@ -23,10 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bbn.config import Config
-from bbn.data.samplers import REBALANCE_SAMPLERS, UniformSampler
+from bbn.data.samplers import REBALANCE_SAMPLERS, UniformSampler, drawn_batches
 from bbn.errors import BBNError
 from bbn.losses import inverse_frequency_weights
 from bbn.metrics import classification_metrics
+from bbn.optim import set_lr
 from bbn.registry import Registry
 from bbn.study.features import FrozenFeatures
 
@@ -72,8 +73,7 @@ def stage2_batches(labels: torch.Tensor, num_classes: int, sampler: str, batch_s
     uniform = UniformSampler(len(labels), batch_size, drop_last=False)
     if sampler == "uniform":
         return uniform.epoch(generator)
-    drawn = REBALANCE_SAMPLERS.get(sampler)(labels, num_classes).draw(len(uniform) * batch_size, generator)
-    return iter(drawn.split(batch_size))
+    return drawn_batches(REBALANCE_SAMPLERS.get(sampler)(labels, num_classes), len(uniform), batch_size, generator)
 
 
 def new_linear(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
@@ -119,8 +119,7 @@ def train_head(head: nn.Module, feats: FrozenFeatures, sampler: str,
     for _ in range(s.epochs):
         loss_sum = torch.zeros((), device=device)
         for idx in stage2_batches(labels, feats.num_classes, sampler, s.batch_size, generator):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(s.lr, t, total)
+            set_lr(optimizer, cosine_lr(s.lr, t, total))
             idx = idx.to(device)
             loss = F.cross_entropy(head(feats.train_x[idx]), feats.train_y[idx], weight=weight)
             optimizer.zero_grad(set_to_none=True)

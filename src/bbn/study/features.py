@@ -16,18 +16,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bbn.checkpoint import load_checkpoint
-from bbn.config import Config, build_config
+from bbn.config import Config
 from bbn.data.loader import DeviceImages
-from bbn.data.prepare import prepare_data
 from bbn.errors import BBNError
-from bbn.evaluate import resolve_device
-from bbn.models import BilateralModel, create_model
+from bbn.evaluate import infer, load_run as load_checkpoint_run
+from bbn.models import BilateralModel
+from bbn.models.bilateral import BRANCH_KEYS
 from bbn.registry import closest
 from bbn.runs import RunDir
-
-# The paper's branch names for a BBN model's features: f_c (cb) and f_r (rb).
-BRANCHES = {"cb": "conventional", "rb": "rebalancing"}
 
 
 @dataclass
@@ -74,18 +70,14 @@ def load_run(path: str | Path) -> TrainedRun:
     run = RunDir(path)
     if not run.root.is_dir():
         raise BBNError(f"run folder '{run.root}' does not exist; pass a folder written by bbn train")
-    payload = load_checkpoint(run.last)
-    cfg = build_config(payload["config"])
-    device = resolve_device(cfg.train.device)
+    loaded = load_checkpoint_run(run.last)
+    cfg, data = loaded.cfg, loaded.data
+    device = next(loaded.model.parameters()).device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = prepare_data(cfg)
-    model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
     return TrainedRun(
-        root=run.root, cfg=cfg, model=model, epoch=int(payload.get("epoch", 0)), device=device,
-        class_counts=data.class_counts,
+        root=run.root, cfg=cfg, model=loaded.model.eval(), epoch=int(loaded.payload.get("epoch", 0)),
+        device=device, class_counts=data.class_counts,
         train_set=DeviceImages.create(data.train, data.mean, data.std, device),
         test_set=DeviceImages.create(data.test, data.mean, data.std, device),
     )
@@ -96,31 +88,24 @@ def check_branch(model: nn.Module, branch: str | None) -> str | None:
     if isinstance(model, BilateralModel):
         if branch is None:
             raise BBNError("this run is a BBN model; choose its features with --branch cb (f_c) or rb (f_r)")
-        if branch not in BRANCHES:
-            hint = closest(branch, list(BRANCHES))
+        if branch not in BRANCH_KEYS:
+            hint = closest(branch, list(BRANCH_KEYS))
             fix = f"; did you mean '{hint}'?" if hint else ""
             raise BBNError(f"unknown branch '{branch}'; known: cb, rb{fix}")
-        return BRANCHES[branch]
+        return BRANCH_KEYS[branch]
     if branch is not None:
         raise BBNError(f"--branch {branch} needs a BBN model, but this run's model is plain; drop --branch")
     return None
 
 
-@torch.no_grad()
 def extract_features(model: nn.Module, data: DeviceImages, branch: str | None,
                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """GAP features of every image of `data` (un-augmented, model in eval mode) and labels:
     `model.features(x)` of a plain model, `model.features(x, branch)` of a BBN model."""
     model_branch = check_branch(model, branch)
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    for x, y in data.eval_batches(batch_size):
-        f = model.features(x) if model_branch is None else model.features(x, model_branch)
-        feats.append(f.float())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    if model_branch is None:
+        return infer(model, model.features, data, batch_size)
+    return infer(model, lambda x: model.features(x, model_branch), data, batch_size)
 
 
 def own_classifier(model: nn.Module, branch: str | None) -> tuple[torch.Tensor, torch.Tensor]:
