@@ -18,19 +18,12 @@ from pathlib import Path
 
 
 from bbn.config import load_config
+from bbn.reproduce import mean_std
 from bbn.train import start_run
 from throughput import append_results
 
 PRESETS = ("digits_bbn", "digits_ce")
 COLUMNS = ("top1", "many", "medium", "few")
-
-
-def _cell(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
 
 def main() -> int:
@@ -51,7 +44,7 @@ def main() -> int:
             seconds.append(time.perf_counter() - start)
             finals.append(final)
             print(f"{preset} seed {seed}: top-1 {final['top1']:.2f}%  ({seconds[-1]:.0f} s)", file=sys.stderr)
-        cells = [_cell([f[c] for f in finals]) for c in COLUMNS]
+        cells = [mean_std([f[c] for f in finals]) for c in COLUMNS]
         rows.append(f"| {preset} | {' | '.join(cells)} | {statistics.mean(seconds):.0f} |")
     table = "\n".join([
         "| preset | top-1 % | many % | medium % | few % | s / run |",

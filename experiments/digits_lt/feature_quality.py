@@ -7,22 +7,17 @@ compare the test errors; then the Decoupling rules (cRT, tau-norm, LWS) on CE's.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
+from bbn.reproduce import mean_std
 from bbn.study import retrain_run
 
 REPRESENTATIONS = (("CE", "digits_ce", None), ("RW", "digits_rw", None), ("RS", "digits_rs", None),
                    ("BBN-CB", "digits_bbn", "cb"), ("BBN-RB", "digits_bbn", "rb"))
 RULES = ("ce", "rs")
 DECOUPLING = ("crt", "tau_norm", "lws")
-
-
-def _cell(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
 def main() -> int:
@@ -42,7 +37,7 @@ def main() -> int:
                 run = runs / preset / f"seed{seed}"
                 out_json = run / f"feature-quality-{rule}{'-' + branch if branch else ''}.json"
                 errors.append(retrain_run(run, rule, branch, out=out_json)["error"])
-            cells.append(_cell(errors))
+            cells.append(mean_std(errors))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Decoupling on the CE representation", "",
               "cRT retrains the classifier with class-balanced sampling; tau-normalisation rescales the "
@@ -54,7 +49,7 @@ def main() -> int:
         results = [retrain_run(runs / "digits_ce" / f"seed{seed}", rule,
                                out=runs / "digits_ce" / f"seed{seed}" / f"decoupling-{rule}.json")
                    for seed in range(seeds)]
-        lines.append(f"| {rule} | {_cell([r['error'] for r in results])} | {_cell([r['few'] for r in results])} |")
+        lines.append(f"| {rule} | {mean_std([r['error'] for r in results])} | {mean_std([r['few'] for r in results])} |")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     return 0

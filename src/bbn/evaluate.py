@@ -58,9 +58,12 @@ def evaluate(model: nn.Module, data: DeviceImages, train_counts: list[int], batc
     return classification_metrics(logits, labels, train_counts)
 
 
-def evaluate_branches(model: BilateralModel, data: DeviceImages, train_counts: list[int],
-                      batch_size: int) -> dict[str, dict[str, float | None]]:
-    """{"BBN-CB": {top1, many, medium, few}, "BBN-RB": {...}}: each branch evaluated alone."""
+def evaluate_branches(model: nn.Module, data: DeviceImages, train_counts: list[int],
+                      batch_size: int) -> dict[str, dict[str, float | None]] | None:
+    """{"BBN-CB": {top1, many, medium, few}, "BBN-RB": {...}}: each branch of a bilateral
+    model evaluated alone; None for a model without branches."""
+    if not isinstance(model, BilateralModel):
+        return None
     out = {}
     for name in BRANCH_MODELS:
         metrics = classification_metrics(*predict_branch(model, data, batch_size, name), train_counts)

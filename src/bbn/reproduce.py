@@ -121,16 +121,13 @@ def _done_line(i: int, jobs: list[Job], final: dict[str, Any]) -> str:
 # --- the table -------------------------------------------------------------------------
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _cell(values: list[float | None]) -> str:
+def mean_std(values: Sequence[float | None]) -> str:
+    """`mean ± sample std` over seeds (None values left out; `n/a` when none is left)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "n/a"
-    mean, sd = _mean_sd(vals)
-    return f"{mean:.2f} ± {sd:.2f}"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
 
 def summarize(jobs: list[Job], finals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,7 +163,7 @@ def _table(summary: dict[str, Any], value: Callable[[dict[str, Any]], float | No
             if cell is None:
                 cells.append("")
                 continue
-            text = _cell([value(r) for r in cell["runs"]])
+            text = mean_std([value(r) for r in cell["runs"]])
             if with_paper:
                 text += f" ({cell['paper']:.2f})" if cell["paper"] is not None else " (—)"
             cells.append(text)

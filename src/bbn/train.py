@@ -27,7 +27,7 @@ from bbn.data.sources import Splits
 from bbn.errors import BBNError
 from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
-from bbn.models import BilateralModel, create_model, num_params
+from bbn.models import create_model, num_params
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
@@ -241,10 +241,10 @@ def finish(s: Session, run: RunDir) -> dict[str, Any]:
                  class_names=s.data.train.class_names, num_params=num_params(s.model),
                  train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions(),
                  weight_norms=classifier_weight_norms(s.model))
-    if isinstance(s.model, BilateralModel):
-        with s.autocast():
-            final["branches"] = evaluate_branches(s.model, s.test_set, s.data.class_counts,
-                                                  s.cfg.train.eval_batch_size)
+    with s.autocast():
+        branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
+    if branches is not None:
+        final["branches"] = branches
     write_json(run.final, final)
     write_report(run.root, final, s.history, s.cfg.to_dict())
     return final
