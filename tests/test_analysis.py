@@ -12,29 +12,20 @@ import numpy as np
 import pytest
 import torch
 
+from cli_checks import assert_bad_input
+
 from bbn.analysis import RunNorms, classifier_weight_norms, head_to_tail, write_weight_norms
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.data.augment import Normalize
 from bbn.data.loader import DeviceImages
-from bbn.errors import EXIT_BAD_INPUT, BBNError
+from bbn.errors import BBNError
 from bbn.evaluate import evaluate, evaluate_branches, predict, predict_branch
 from bbn.models import create_model
 from bbn.train import start_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["train.epochs=1", "train.threads=1", "train.tensorboard=false"]
-
-
-def _bad_input(args: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> None:
-    """`bbn ARGS` exits with code 2 and one line on stderr naming `words`."""
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == EXIT_BAD_INPUT, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bbn: error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 def _table(md: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -213,12 +204,12 @@ def test_analyze_weight_norms_cli(runs: dict[str, Path], tmp_path: Path,
     assert set(_table(out.with_suffix(".md").read_text())) == {("ce", "all")}
 
 
-def test_analyze_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyzeassert_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no-such-run"
-    _bad_input(["analyze", "weight-norms", str(missing), "--out", str(tmp_path / "n.png")], capsys,
+    assert_bad_input(["analyze", "weight-norms", str(missing), "--out", str(tmp_path / "n.png")], capsys,
                str(missing), "does not exist")
-    _bad_input(["analyze", "weight-norms", str(runs["ce"]), "--out", str(tmp_path / "n.pdf")], capsys, ".png")
-    _bad_input(["analyze", "weight-norms", str(runs["bbn"]), str(runs["ce"]), "--labels", "one",
+    assert_bad_input(["analyze", "weight-norms", str(runs["ce"]), "--out", str(tmp_path / "n.pdf")], capsys, ".png")
+    assert_bad_input(["analyze", "weight-norms", str(runs["bbn"]), str(runs["ce"]), "--labels", "one",
                 "--out", str(tmp_path / "n.png")], capsys, "--labels", "2 runs")
     assert not (tmp_path / "n.png").exists()
 
@@ -239,5 +230,5 @@ def test_eval_one_branch(runs: dict[str, Path], capsys: pytest.CaptureFixture[st
 
 
 def test_eval_branch_of_a_plain_model_is_refused(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _bad_input(["eval", str(runs["ce"]), "--branch", "cb", "--device", "cpu"], capsys,
+    assert_bad_input(["eval", str(runs["ce"]), "--branch", "cb", "--device", "cpu"], capsys,
                "bilateral", "resnet32", "--branch all")

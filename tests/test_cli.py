@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cifar_format import dump_pickle, write_cifar10
+from cli_checks import assert_bad_input
 
 from bbn.cli import main
 from bbn.errors import EXIT_BAD_INPUT
@@ -23,19 +24,6 @@ def bbn_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "bbn", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-
-
-def assert_bad_input(args: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
-    """`bbn ARGS` fails with exit code 2 and one line on stderr naming `words`."""
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == EXIT_BAD_INPUT, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bbn: error: "), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def test_train_end_to_end_on_digits(tmp_path: Path) -> None:

@@ -105,20 +105,22 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _full_train(root: Path, source: str, per_class: int, names: list[str]) -> LabeledImages:
+    """The fixture's whole training set, read back through the source (50,000 images)."""
+    train = load_source(DataConfig(source=source, root=str(root))).train
+    assert len(train) == 50_000 and train.class_counts() == [per_class] * len(names)
+    assert train.class_names == names
+    return train
+
+
 @pytest.fixture(scope="module")
 def c10(cifar_root: Path) -> LabeledImages:
-    train = load_source(DataConfig(source="cifar10", root=str(cifar_root))).train
-    assert len(train) == 50_000 and train.class_counts() == [5000] * 10
-    assert train.class_names == CIFAR10_NAMES
-    return train
+    return _full_train(cifar_root, "cifar10", 5000, CIFAR10_NAMES)
 
 
 @pytest.fixture(scope="module")
 def c100(cifar_root: Path) -> LabeledImages:
-    train = load_source(DataConfig(source="cifar100", root=str(cifar_root))).train
-    assert len(train) == 50_000 and train.class_counts() == [500] * 100
-    assert train.class_names == CIFAR100_FINE_NAMES
-    return train
+    return _full_train(cifar_root, "cifar100", 500, CIFAR100_FINE_NAMES)
 
 
 def _keys(data: LabeledImages) -> list[bytes]:

@@ -4,6 +4,7 @@ on tiny digits-LT runs. Distributions are checked with seeded chi-square bounds.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 import torch
 from scipy import stats
 
+from cli_checks import assert_bad_input
+
 import bbn.study.classifier as stage2
 from bbn.cli import main
 from bbn.config import load_config
-from bbn.errors import EXIT_BAD_INPUT, BBNError
+from bbn.errors import BBNError
 from bbn.evaluate import predict
 from bbn.runs import RunDir, check_same_config
 from bbn.study import frozen_features, load_run, retrain_classifier, retrain_run
@@ -45,17 +48,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunDir, di
 @pytest.fixture(scope="module")
 def ce_feats(runs):
     return frozen_features(load_run(runs["ce"][0].root))
-
-
-def assert_bad_input(args: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> None:
-    """`bbn ARGS` exits with code 2 and one stderr line naming `words`."""
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == EXIT_BAD_INPUT, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bbn: error: ") and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.mark.parametrize("kind, branch", [("ce", None), ("bbn", "cb"), ("bbn", "rb")])
@@ -240,3 +232,11 @@ def test_stage1_config_and_bad_input(tmp_path: Path) -> None:
     check_same_config(run, stage1_config(base, "ce").model_copy(update={"name": "other"}))
     with pytest.raises(BBNError, match="method.name"):
         check_same_config(run, cfg)
+
+
+def test_stage2_cosine_learning_rate() -> None:
+    # lr_t = base * (1 + cos(pi t / T)) / 2: the base at the start, half at T/2, 0 at the end
+    assert stage2.cosine_lr(0.2, 0, 10) == pytest.approx(0.2)
+    assert stage2.cosine_lr(0.2, 5, 10) == pytest.approx(0.1)
+    assert stage2.cosine_lr(0.2, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert stage2.cosine_lr(0.2, 2, 10) == pytest.approx(0.1 * (1 + math.cos(math.pi / 5)))
