@@ -1,0 +1,89 @@
+"""The arithmetic ceiling of BBN training on this machine: how many images/s the
+convolutions alone allow, next to the reference pipeline and our default, in one run.
+
+    python benchmarks/ceiling.py [--steps 20] [--append]
+
+1. FLOPs of one BBN ResNet-32 training step (128 + 128 images, forward and backward),
+   counted by torch.utils.flop_counter (convolutions and the classifier's matmul).
+2. The machine's dense fp32 peak as this torch build reaches it: the best of many square
+   matmuls (the best case for the CPU's vector units), in GFLOP/s.
+3. Ceiling images/s = peak / FLOPs per image: no step can train faster in fp32, even with
+   every non-arithmetic cost (BatchNorm, ReLU, data, optimiser) removed and convolutions as
+   efficient as a large matmul.
+4. The reference pipeline and our default measured in the same run (benchmarks/throughput.py),
+   each as a fraction of the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from throughput import append_results, measure
+
+from bbn.models import create_model
+
+
+def step_flops(batch: int = 128) -> int:
+    """FLOPs of one BBN training step: two trunk passes of `batch` images, their branch
+    blocks, the classifier and the backward pass."""
+    model = create_model("bbn_resnet32", 10, 3)
+    x_c, x_r = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        f_c = model.features(x_c, "conventional")
+        f_r = model.features(x_r, "rebalancing")
+        logits = model.classifier(torch.cat([0.5 * f_c, 0.5 * f_r], dim=1))
+        F.cross_entropy(logits, y).backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 10) -> float:
+    """The best GFLOP/s of fp32 square matmuls over `sizes`, `repeats` each: a generous
+    peak, since a shared host only ever slows a single measurement down."""
+    best = 0.0
+    for size in sizes:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    flops_per_image = step_flops() / 256
+    before = matmul_peak_gflops()
+    rows = {name: measure(name, args.steps, args.warmup, "cpu", None) for name in ("reference", "ours")}
+    peak = max(before, matmul_peak_gflops())  # measured before and after the variants
+    ceiling = peak * 1e9 / flops_per_image
+    reference = 256 / rows["reference"]["step_s"]
+    lines = [f"FLOPs per training image (forward + backward, both branches counted): "
+             f"{flops_per_image / 1e6:,.0f} M; fp32 matmul peak: {peak:,.0f} GFLOP/s; "
+             f"ceiling: {ceiling:,.0f} img/s = {ceiling / reference:.2f}x the reference.", "",
+             "| | train img/s | GFLOP/s | of the ceiling | vs reference |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        rate = 256 / r["step_s"]
+        lines.append(f"| {name} | {rate:,.0f} | {rate * flops_per_image / 1e9:,.0f} | "
+                     f"{rate / ceiling:.0%} | {rate / reference:.2f}x |")
+    lines.append(f"| ceiling (matmul peak) | {ceiling:,.0f} | {peak:,.0f} | 100% | {ceiling / reference:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    if args.append:
+        append_results("Arithmetic ceiling, BBN ResNet-32 fp32", "cpu",
+                       f"{args.steps} timed steps after {args.warmup} untimed per variant.", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
