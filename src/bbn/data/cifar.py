@@ -56,6 +56,7 @@ _NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "nump
 _CORRUPT_PICKLE = (
     EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
     KeyError, struct.error, OverflowError, MemoryError, RecursionError, ImportError,
+    SystemError,  # the C unpickler on some corrupt opcode streams
 )
 
 

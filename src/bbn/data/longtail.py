@@ -45,16 +45,17 @@ def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, see
     sequence, so seed 0 gives the reference's subset.
     """
     counts = data.class_counts()
+    if min(counts) == 0:
+        empty = counts.index(0)
+        raise BBNError(
+            f"class {empty} ('{data.class_names[empty]}') has no images in the source "
+            f"({counts.count(0)} empty class(es)); every class needs at least one: fix the labels or "
+            "remove the class"
+        )
     if n_max is not None and n_max > min(counts):
         raise BBNError(f"data.n_max={n_max} exceeds the smallest source class ({min(counts)} images); "
                        f"use at most {min(counts)} or leave it unset")
     n_max = min(counts) if n_max is None else n_max
-    if n_max == 0:
-        empty = counts.index(0)
-        raise BBNError(
-            f"class {empty} ('{data.class_names[empty]}') has no images in the source; "
-            "every class needs at least one"
-        )
     wanted = longtail_counts(n_max, data.num_classes, imbalance_ratio, profile)
     rng = np.random.RandomState(seed)
     labels = data.labels.numpy()
@@ -93,6 +94,9 @@ def check_trainable(counts: list[int], class_names: list[str]) -> None:
     """Every class must have a training image: the reversed sampler's w_i = N_max / N_i
     divides by N_i, and a class the model never sees cannot be learned. We refuse rather
     than silently give the class zero probability."""
+    if len(counts) < 2:
+        raise BBNError(f"the training set has a single class ('{class_names[0]}'); long-tailed "
+                       "classification needs at least 2 classes, check the labels and class names")
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
         c = empty[0]

@@ -25,15 +25,23 @@ def prepare_data(cfg: Config) -> Splits:
     """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
+    if isinstance(train, LabeledImages):  # keys only image-file sources read: refuse, never ignore
+        for key in ("train_file", "test_file", "test_root", "resize_size"):
+            if getattr(cfg.data, key) is not None:
+                raise BBNError(f"data.{key} is not used by source '{cfg.data.source}' (its images are in "
+                               f"memory); remove it")
+    for split, part in (("training", train), ("test", test)):
+        if len(part) == 0:
+            raise BBNError(f"data source '{cfg.data.source}' has no {split} images; check data.root and its files")
     if cfg.data.profile != "none" or cfg.data.imbalance_ratio != 1 or cfg.data.n_max is not None:
         train = make_longtail(train, cfg.data.imbalance_ratio, cfg.data.profile, cfg.data.subset_seed,
                               cfg.data.n_max)
     if cfg.data.test_max_per_class is not None:
         test = first_per_class(test, cfg.data.test_max_per_class)
-    if cfg.data.image_size is not None:
+    if cfg.data.image_size is not None and isinstance(train, LabeledImages):  # files: the crop size
         train, test = resize(train, cfg.data.image_size), resize(test, cfg.data.image_size)
     check_trainable(train.class_counts(), train.class_names)
-    channels = train.images.shape[1]
+    channels = train.channels
     mean = tuple(cfg.augment.mean) if cfg.augment.mean is not None else splits.mean
     std = tuple(cfg.augment.std) if cfg.augment.std is not None else splits.std
     for key, vals in (("augment.mean", mean), ("augment.std", std)):

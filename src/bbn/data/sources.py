@@ -7,7 +7,7 @@ labels and class names, plus the normalisation statistics it is usually trained 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ import torch
 from bbn.config import DataConfig
 from bbn.errors import BBNError
 from bbn.registry import Registry
+
+if TYPE_CHECKING:
+    from bbn.data.files import ImageFiles
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class LabeledImages:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
     def class_counts(self) -> list[int]:
         """N_i: the number of images of each class."""
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -62,10 +69,11 @@ class LabeledImages:
 @dataclass(frozen=True)
 class Splits:
     """Train and test splits and their normalisation (per channel, 0..1 scale): what a
-    source loads, and what `prepare_data` makes of it (the long-tailed training set)."""
+    source loads, and what `prepare_data` makes of it (the long-tailed training set).
+    File-backed sources give `ImageFiles` (paths, labels, class names) instead of images."""
 
-    train: LabeledImages
-    test: LabeledImages
+    train: LabeledImages | ImageFiles
+    test: LabeledImages | ImageFiles
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
@@ -80,8 +88,9 @@ SOURCES: Registry[Callable[[DataConfig], Splits]] = Registry("data source")
 
 def load_source(cfg: DataConfig) -> Splits:
     """The train/test splits named by `cfg.source`."""
-    # CIFAR registers itself on import; imported here so the registry is complete.
-    from bbn.data import cifar  # noqa: F401
+    # CIFAR, the arrays and the file sources register themselves on import; imported here
+    # so the registry is complete.
+    from bbn.data import arrays, cifar, folder, inat, lists  # noqa: F401
 
     return SOURCES.get(cfg.source)(cfg)
 

@@ -1,0 +1,98 @@
+"""Images on disk -> tensors (SPEC §4, the iNaturalist transforms).
+
+Training: RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip;
+test: resize the shorter side to `resize` (256) and center-crop `size` (224); ImageNet
+mean/std. The geometric part works on uint8 (3, H, W) tensors, so DataLoader workers hand
+uint8 batches to the main process (a quarter of the float bytes to pin and copy) and the
+normalisation runs on the compute device, as for the in-memory sources.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+try:
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # a torchvision without its image decoders: Pillow decodes everything
+    decode_image = None
+
+from bbn.config import Config, DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# SPEC §4: crop 224 of the image whose shorter side is 256; RandomResizedCrop's defaults.
+DEFAULT_SIZE = 224
+RESIZE_RATIO = 256 / 224
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+class ImageReadError(Exception):
+    """A file that is missing or is not a readable image; `reason` says which."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"'{path}': {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_image(path: str) -> torch.Tensor:
+    """The image at `path` as uint8 RGB (3, H, W): torchvision's decoder, and Pillow for
+    the formats it lacks (BMP, TIFF, ...). Raises ImageReadError for a missing or broken file."""
+    if decode_image is not None:
+        try:
+            with warnings.catch_warnings():  # torchvision 0.29 announces its decoders' deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_image(path, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError):
+            pass
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        reason = str(exc).splitlines()[0].replace(f" {path!r}", "") if str(exc) else type(exc).__name__
+        raise ImageReadError(path, f"not a readable image ({reason[:120]})") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def crop_size(cfg: DataConfig) -> int:
+    """The side of the square images the network sees (data.image_size, default 224)."""
+    return cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
+
+
+def resize_size(cfg: DataConfig) -> int:
+    """The shorter side test images are resized to before the center crop
+    (data.resize_size, default image_size * 256/224: 256 for 224)."""
+    return cfg.resize_size if cfg.resize_size is not None else round(crop_size(cfg) * RESIZE_RATIO)
+
+
+def crop_transform(cfg: DataConfig, train: bool, flip: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (3, H, W) -> uint8 (3, S, S): the random resized crop (+ flip) of training, or
+    the resize + center crop of testing. Random draws use torch's global generator."""
+    size = crop_size(cfg)
+    if train:
+        steps: list[Callable] = [v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True)]
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+        return v2.Compose(steps)
+    return v2.Compose([v2.Resize(resize_size(cfg), antialias=True), v2.CenterCrop(size)])
+
+
+def image_transform(cfg: Config, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (3, H, W) -> normalised float32 (3, S, S) as the network of a run with config
+    `cfg` sees it: `crop_transform` then scaling to 0..1 and the mean/std normalisation
+    (augment.mean/std, else ImageNet's). Use with `read_image` to feed a trained model."""
+    mean = tuple(cfg.augment.mean) if cfg.augment.mean is not None else IMAGENET_MEAN
+    std = tuple(cfg.augment.std) if cfg.augment.std is not None else IMAGENET_STD
+    return v2.Compose([crop_transform(cfg.data, train, cfg.augment.flip), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(mean), list(std))])

@@ -1,0 +1,346 @@
+"""File-backed datasets (data/files.py, data/transforms.py): decoding, the SPEC §4 transforms,
+planned prefetching in DataLoader workers, unreadable images, and `bbn train` on an image folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_files import image_folder, write_image
+
+from bbn.cli import main
+from bbn.config import Config, DataConfig, build_config
+from bbn.data.files import FileImages, ImageFiles, PathTable
+from bbn.data.loader import DeviceImages, create_image_set
+from bbn.data.prepare import prepare_data
+from bbn.data.sources import LabeledImages
+from bbn.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageReadError, crop_transform, image_transform,
+                                 read_image, resize_size)
+from bbn.errors import BBNError
+from cli_checks import assert_bad_input
+
+SIZE = 16
+
+
+def folder_cfg(root: Path, **data: object) -> Config:
+    tree = {"data": {"source": "image_folder", "root": str(root), "test_per_class": 2, "profile": "none",
+                     "imbalance_ratio": 1, "image_size": SIZE, "resize_size": SIZE + 2, "workers": 0, **data},
+            "model": {"name": "bbn_resnet32"},
+            "train": {"batch_size": 4, "epochs": 2, "device": "cpu", "milestones": [1], "warmup_epochs": 0,
+                      "threads": 1, "tensorboard": False}}
+    return build_config(tree)
+
+
+def file_set(files: ImageFiles, cfg: Config) -> FileImages:
+    return FileImages(files, cfg, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    image_folder(tmp_path / "imgs", [9, 7, 6])
+    return tmp_path / "imgs"
+
+
+# ---------------------------------------------------------------- decoding and transforms
+
+
+def test_read_image_decodes_rgb_and_falls_back_to_pillow(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.jpg", 100, size=(10, 12))
+    gray = np.full((7, 9), 77, dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    write_image(tmp_path / "b.bmp", 200, size=(5, 6))  # a format torchvision's decoder lacks
+    a, g, b = (read_image(str(tmp_path / n)) for n in ("a.jpg", "g.png", "b.bmp"))
+    assert a.shape == (3, 10, 12) and a.dtype == torch.uint8
+    assert g.shape == (3, 7, 9) and bool((g == 77).all())  # grey -> three equal channels
+    expected = torch.from_numpy(np.array(Image.open(tmp_path / "b.bmp"))).permute(2, 0, 1)
+    assert torch.equal(b, expected)
+
+
+def test_read_image_errors_name_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_image(str(tmp_path / "missing.jpg"))
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(str(tmp_path / "junk.jpg"))
+    write_image(tmp_path / "ok.jpg", 90, size=(40, 40))
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="(?i)truncated"):
+        read_image(str(tmp_path / "cut.jpg"))
+
+
+def test_test_transform_resizes_the_shorter_side_then_center_crops() -> None:
+    cfg = DataConfig(image_size=224)
+    assert resize_size(cfg) == 256  # SPEC §4: 256 then 224
+    image = torch.zeros((3, 100, 200), dtype=torch.uint8)
+    image[:, :, 100:] = 255  # right half white
+    out = crop_transform(DataConfig(image_size=40, resize_size=50), train=False)(image)
+    assert out.shape == (3, 40, 40) and out.dtype == torch.uint8
+    # 100x200 -> 50x100, crop columns 30..70: the left 20 black, the right 20 white
+    assert int(out[:, :, :18].max()) == 0 and int(out[:, :, 22:].min()) == 255
+
+
+def test_image_transform_normalises_with_imagenet_statistics() -> None:
+    cfg = build_config({"data": {"image_size": 8, "resize_size": 8}})
+    image = torch.full((3, 12, 10), 128, dtype=torch.uint8)
+    out = image_transform(cfg, train=False)(image)
+    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert out.shape == (3, 8, 8) and out.dtype == torch.float32
+    assert torch.allclose(out.mean(dim=(1, 2)), expected, atol=1e-5)
+    train = image_transform(cfg, train=True)(image)
+    assert train.shape == (3, 8, 8)
+
+
+def test_train_crop_draws_scale_and_flip() -> None:
+    """RandomResizedCrop takes crops of varying area; the flip mirrors about half the time."""
+    image = torch.arange(64, dtype=torch.uint8).repeat(3, 64, 1)  # columns 0..63, rows equal
+    crop = crop_transform(DataConfig(image_size=16), train=True)
+    torch.manual_seed(0)
+    firsts, lasts = [], []
+    for _ in range(200):
+        out = crop(image).float()
+        firsts.append(out[0, 0, 0].item())
+        lasts.append(out[0, 0, -1].item())
+    mirrored = sum(f > l for f, l in zip(firsts, lasts))
+    assert 60 < mirrored < 140
+    spans = [abs(l - f) for f, l in zip(firsts, lasts)]
+    assert min(spans) < 20 < 50 < max(spans)  # small and large crops (scale 0.08..1)
+
+
+def test_path_table_round_trip() -> None:
+    paths = ["/a/b.jpg", "relative/ü/ñ.png", "x" * 300, ""]
+    table = PathTable.from_strings(paths)
+    assert len(table) == 4 and table.tolist() == paths
+    assert table.take([2, 0]).tolist() == [paths[2], paths[0]]
+
+
+# ---------------------------------------------------------------- the planned loader
+
+
+def test_file_splits_keep_paths_and_labels(folder: Path) -> None:
+    data = prepare_data(folder_cfg(folder))
+    assert isinstance(data.train, ImageFiles) and data.train.channels == 3
+    assert data.train.class_names == ["class0", "class1", "class2"]
+    assert data.train.class_counts() == [7, 5, 4] and data.test.class_counts() == [2, 2, 2]
+    for part in (data.train, data.test):
+        for i in range(len(part)):
+            path = Path(part.paths[i])
+            assert path.parent.name == part.class_names[int(part.labels[i])]
+    assert not set(data.train.paths.tolist()) & set(data.test.paths.tolist())
+
+
+def _epoch(images: FileImages, batches: list, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for batch in images.plan_epoch(iter(batches), None, torch.Generator().manual_seed(seed)):
+        for idx in batch if isinstance(batch, tuple) else (batch,):
+            out.append(images.train_batch(idx, 4, True, torch.Generator()))
+    return out
+
+
+def test_planned_batches_are_reproducible_and_independent_of_workers(folder: Path) -> None:
+    data = prepare_data(folder_cfg(folder))
+    batches = [(torch.tensor([0, 5, 9]), torch.tensor([15, 15, 2])), (torch.tensor([1, 2, 3]), torch.tensor([8, 0, 4]))]
+    one = _epoch(file_set(data.train, folder_cfg(folder, workers=0)), batches)
+    two = _epoch(file_set(data.train, folder_cfg(folder, workers=2)), batches)
+    again = _epoch(file_set(data.train, folder_cfg(folder, workers=0)), batches)
+    other_seed = _epoch(file_set(data.train, folder_cfg(folder, workers=0)), batches, seed=1)
+    assert len(one) == 4
+    for (x1, y1), (x2, y2), (x3, _) in zip(one, two, again):
+        assert x1.shape == (len(y1), 3, SIZE, SIZE) and x1.dtype == torch.float32
+        assert torch.equal(x1, x2) and torch.equal(x1, x3) and torch.equal(y1, y2)
+    for (x, y), idx in zip(one, [t for b in batches for t in b]):
+        assert torch.equal(y, data.train.labels[idx])
+    assert not torch.equal(one[0][0], other_seed[0][0])
+    # the same image twice in one batch gets two independent crops
+    assert not torch.equal(one[1][0][0], one[1][0][1])
+
+
+def test_train_batch_refuses_a_batch_out_of_the_plan(folder: Path) -> None:
+    images = file_set(prepare_data(folder_cfg(folder)).train, folder_cfg(folder))
+    planned = images.plan_epoch(iter([torch.tensor([0, 1]), torch.tensor([2, 3])]), None, torch.Generator())
+    next(planned)
+    with pytest.raises(RuntimeError, match="out of the planned order"):
+        images.train_batch(torch.tensor([2, 3]), 0, True, torch.Generator())
+
+
+def test_a_loop_that_skips_ahead_gets_the_same_batches(folder: Path) -> None:
+    """An epoch resumed part-way skips its first batches: decoding starts where the loop is,
+    with the draws an uninterrupted epoch makes there."""
+    data = prepare_data(folder_cfg(folder))
+    batches = [torch.tensor([i, i + 1]) for i in range(0, 10, 2)]
+    full = _epoch(file_set(data.train, folder_cfg(folder)), batches)
+    images = file_set(data.train, folder_cfg(folder))
+    planned = images.plan_epoch(iter(batches), None, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        next(planned)
+    rest = [images.train_batch(b, 0, True, torch.Generator()) for b in planned]
+    assert len(rest) == 2
+    for (x, y), (fx, fy) in zip(rest, full[3:]):
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+
+
+def test_plan_takes_the_first_steps_and_draws_one_seed(folder: Path) -> None:
+    images = file_set(prepare_data(folder_cfg(folder)).train, folder_cfg(folder))
+    g = torch.Generator().manual_seed(3)
+    expected = torch.Generator().manual_seed(3)
+    torch.randint(0, 2**62, (1,), generator=expected)
+    planned = list(images.plan_epoch(iter([torch.tensor([0]), torch.tensor([1]), torch.tensor([2])]), 2, g))
+    assert len(planned) == 2 and torch.equal(g.get_state(), expected.get_state())
+    # the in-memory set hands the batches through and draws nothing
+    mem = DeviceImages.create(LabeledImages(torch.zeros((2, 1, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]),
+                                            ["a", "b"]), (0.5,), (0.5,), torch.device("cpu"))
+    g2 = torch.Generator().manual_seed(3)
+    batches = [torch.tensor([0])]
+    assert list(mem.plan_epoch(iter(batches), None, g2)) == batches
+    assert torch.equal(g2.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_eval_batches_center_crop_in_order(folder: Path) -> None:
+    cfg = folder_cfg(folder)
+    data = prepare_data(cfg)
+    images = create_image_set(data.test, cfg, data.mean, data.std, torch.device("cpu"), split="test")
+    assert isinstance(images, FileImages) and len(images) == 6
+    batches = list(images.eval_batches(4))
+    assert [len(y) for _, y in batches] == [4, 2]
+    assert torch.equal(torch.cat([y for _, y in batches]), data.test.labels)
+    transform = image_transform(cfg, train=False)
+    first = transform(read_image(data.test.paths[0]))
+    assert torch.allclose(batches[0][0][0], first, atol=1e-5)
+    again = list(images.eval_batches(4))  # the persistent loader serves every evaluation
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+
+
+# ---------------------------------------------------------------- unreadable images
+
+
+def _break(path: Path) -> None:
+    path.write_bytes(b"\xff\xd8 broken")
+
+
+def test_unreadable_training_image_is_replaced_by_its_class_and_listed(folder: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = folder_cfg(folder)
+    data = prepare_data(cfg)
+    bad = next(i for i in range(len(data.train)) if int(data.train.labels[i]) == 1)
+    _break(Path(data.train.paths[bad]))
+    images = file_set(data.train, cfg)
+    log = tmp_path / "skipped_images.txt"
+    images.set_skip_log(log)
+    with caplog.at_level(logging.WARNING):
+        (x, y), = _epoch(images, [torch.tensor([bad, 0])])
+    assert x.shape[0] == 2 and y.tolist() == [1, int(data.train.labels[0])]
+    assert log.read_text().split("\t")[:2] == ["train", data.train.paths[bad]]
+    assert "skipped unreadable train image 1" in caplog.text and data.train.paths[bad] in caplog.text
+    _epoch(images, [torch.tensor([bad])])  # met again: listed once
+    assert len(log.read_text().splitlines()) == 1
+    # the replacement is the next image of the same class in file order
+    nxt = next(i for i in range(bad + 1, len(data.train)) if int(data.train.labels[i]) == 1)
+    ref = file_set(data.train, cfg)
+    (rx, _), = _epoch(ref, [torch.tensor([nxt, 0])])
+    assert torch.equal(x, rx)
+
+
+def test_strict_makes_an_unreadable_image_an_error(folder: Path) -> None:
+    cfg = folder_cfg(folder, strict=True)
+    data = prepare_data(cfg)
+    Path(data.train.paths[2]).unlink()
+    with pytest.raises(BBNError, match=r"cannot be read: file not found; .*data.strict=false") as err:
+        _epoch(file_set(data.train, cfg), [torch.tensor([0, 2])])
+    assert data.train.paths[2] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_class_without_readable_images_is_an_error(folder: Path) -> None:
+    cfg = folder_cfg(folder)
+    data = prepare_data(cfg)
+    for i in range(len(data.train)):
+        if int(data.train.labels[i]) == 2:
+            _break(Path(data.train.paths[i]))
+    idx = next(i for i in range(len(data.train)) if int(data.train.labels[i]) == 2)
+    with pytest.raises(BBNError, match=r"no image of class 2 \('class2'\) can be read"):
+        _epoch(file_set(data.train, cfg), [torch.tensor([idx])])
+
+
+def test_unreadable_test_images_are_left_out_of_evaluation(folder: Path) -> None:
+    cfg = folder_cfg(folder)
+    data = prepare_data(cfg)
+    _break(Path(data.test.paths[1]))
+    images = file_set(data.test, cfg)
+    labels = torch.cat([y for _, y in images.eval_batches(4)])
+    assert torch.equal(labels, torch.cat([data.test.labels[:1], data.test.labels[2:]]))
+    assert list(images.skipped) == [data.test.paths[1]]
+    strict = file_set(data.test, folder_cfg(folder, strict=True))
+    with pytest.raises(BBNError, match="cannot be read"):
+        list(strict.eval_batches(4))
+
+
+# ---------------------------------------------------------------- bbn train end to end
+
+
+def test_bbn_train_on_an_image_folder(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _break(folder / "class0" / "003.jpg")
+    run = tmp_path / "run"
+    args = ["train", "image_folder_bbn", "--out", str(run), "--no-progress", f"data.root={folder}",
+            "data.test_per_class=2", f"data.image_size={SIZE}", f"data.resize_size={SIZE + 2}", "data.workers=1",
+            "model.name=bbn_resnet32", "train.batch_size=4", "train.epochs=2", "train.milestones=[2]",
+            "train.device=cpu", "train.eval_batch_size=4", "train.tensorboard=false", "train.threads=1"]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["val_top1"] is not None for r in rows)
+    final = json.loads((run / "final.json").read_text())
+    assert final["class_counts"] == [7, 5, 4] and final["class_names"] == ["class0", "class1", "class2"]
+    assert sum(map(sum, final["confusion"])) == 6  # the 6 held-out test images
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    # the broken image is met in training (every image once per epoch) or in testing, and listed once
+    skipped = (run / "skipped_images.txt").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].split("\t")[1] == str(folder / "class0" / "003.jpg")
+    assert main(["eval", str(run)]) == 0
+    assert 0.0 <= json.loads((run / "eval.json").read_text())["top1"] <= 100.0
+
+
+def test_bbn_train_refuses_bad_file_settings(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "image_folder_bbn", "--out", str(tmp_path / "r"), f"data.root={folder}", "train.device=cpu"]
+    assert_bad_input([*base, "data.train_file=x.txt"], capsys, "data.train_file", "image_folder")
+    assert_bad_input([*base, "data.test_per_class=6"], capsys, "class2", "data.test_per_class")
+    assert_bad_input([*base, "data.resize_size=100"], capsys, "data.resize_size")
+    assert_bad_input(["data", "digits_bbn", "data.test_file=x.txt"], capsys, "data.test_file", "'digits'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_file_run_stopped_mid_epoch_resumes_to_the_same_weights(folder: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after step 1 of epoch 2, the resumed run skips the trained batches of that epoch
+    and decodes the rest with the uninterrupted run's draws: the same final weights."""
+    import signal
+
+    from bbn import preemption
+    from bbn.checkpoint import load_checkpoint
+    from bbn.errors import Preempted
+    from bbn.train import resume_run, start_run
+
+    cfg = folder_cfg(folder)
+    quiet = lambda _line: None  # noqa: E731
+    start_run(cfg, tmp_path / "ref", progress=False, log=quiet)
+    calls = {"n": 0}
+    train_batch = FileImages.train_batch
+
+    def counted(self: FileImages, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        return train_batch(self, *args)
+
+    monkeypatch.setattr(FileImages, "train_batch", counted)
+    # 4 steps of 2 batches per epoch: the 10th batch ends step 1 of epoch 2
+    monkeypatch.setattr(preemption, "requested", lambda: signal.SIGTERM if calls["n"] == 10 else None)
+    with pytest.raises(Preempted, match="epoch 2, step 1/4"):
+        start_run(cfg, tmp_path / "stopped", progress=False, log=quiet)
+    monkeypatch.setattr(preemption, "requested", lambda: None)
+    resume_run(tmp_path / "stopped", progress=False, log=quiet)
+    assert calls["n"] == 10 + 6  # the resumed epoch decoded only its 3 remaining steps
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
