@@ -1,0 +1,305 @@
+"""`bbn predict`: top-k classes and probabilities of image files from a trained run or an
+imported checkpoint.
+
+An image is decoded (`bbn.data.transforms.read_image`: torchvision, Pillow for the other
+formats), converted to the network's channels (RGB, or luma for one-channel networks) and
+brought to its input as the checkpoint's config defines: the in-memory sources (digits,
+CIFAR, arrays) resize the whole image to the training resolution; the image-file sources
+(iNaturalist-style) resize the shorter side and center-crop (`image_transform`). A
+checkpoint may carry the input description itself (`"input"`, written by
+`bbn import-reference`), and its class names (`"class_names"`); otherwise the run's data
+supplies them, as `bbn eval` loads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from bbn.checkpoint import load_checkpoint
+from bbn.config import Config, build_config
+from bbn.data.transforms import ImageReadError, read_image
+from bbn.errors import BBNError
+from bbn.models import create_model
+from bbn.models.resnet_cifar import NormedLinear
+from bbn.runs import RunDir
+
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the network's input: `channels` (1: luma, 3: RGB), resized to
+    `height` x `width` (resize None) or its shorter side resized to `resize` and then
+    center-cropped to `height` x `width`; scaled to 0..1 and normalised with mean/std."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "height": self.height, "width": self.width,
+                "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "InputSpec":
+        try:
+            spec = cls(int(d["channels"]), int(d["height"]), int(d["width"]), tuple(map(float, d["mean"])),
+                       tuple(map(float, d["std"])), None if d.get("resize") is None else int(d["resize"]))
+        except (KeyError, TypeError, ValueError):
+            raise BBNError(f"checkpoint '{where}' has a malformed 'input' entry; import the model again") from None
+        if spec.channels not in (1, 3) or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+            raise BBNError(f"checkpoint '{where}' has a malformed 'input' entry; import the model again")
+        return spec
+
+    def transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 (C, H, W) with C = self.channels -> normalised float32 (C, height, width)."""
+        size = [self.height, self.width]
+        geometry: list[Callable] = ([v2.Resize(size, antialias=True)] if self.resize is None
+                                    else [v2.Resize(self.resize, antialias=True), v2.CenterCrop(size)])
+        return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(list(self.mean), list(self.std))])
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's model (eval mode), its class names and its image -> input transform."""
+
+    model: nn.Module
+    class_names: list[str]
+    channels: int
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    input_shape: tuple[int, int, int]  # (C, H, W) the network was trained on
+    cfg: Config
+    checkpoint: Path
+    logit_scale: float = 1.0  # the cosine classifier's scale s: softmax(s * z) are its probabilities
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """The network input of one image file (ImageReadError when it cannot be read)."""
+        image = read_image(str(path))
+        if self.channels == 1:  # luma, rounded (so a grey image keeps its exact values)
+            image = TF.rgb_to_grayscale(image.float()).round().to(torch.uint8)
+        return self.transform(image)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, C) of a batch of network inputs."""
+        device = next(self.model.parameters()).device
+        return torch.softmax(self.logit_scale * self.model(x.to(device)).float(), dim=1).cpu()
+
+
+def checkpoint_file(target: str | Path) -> Path:
+    """A run folder's best.pt (else last.pt), or the checkpoint file itself."""
+    target = Path(target)
+    if not target.exists():
+        raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
+    if target.is_dir():
+        run = RunDir(target)
+        return run.best if run.best.is_file() else run.last
+    return target
+
+
+def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> nn.Module:
+    """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode."""
+    state = payload["model"]
+    try:
+        num_classes = int(state["classifier.weight"].shape[0])
+        channels = int(state["backbone.conv1.weight"].shape[1])
+    except (KeyError, TypeError, AttributeError, IndexError):
+        raise BBNError(f"checkpoint '{path}' holds no bbn network (no classifier.weight / "
+                       "backbone.conv1.weight); use a checkpoint written by bbn train or bbn import-reference") from None
+    model = create_model(cfg.model.name, num_classes, channels)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise BBNError(f"checkpoint '{path}' does not hold a {cfg.model.name} network ({reason[:160]}); "
+                       "use the checkpoint with the config it was written with") from None
+    return model.eval()
+
+
+def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str]]:
+    """(transform, input shape, class names) as the run's config defines its input; the
+    data is prepared as `bbn eval` prepares it (images in memory, or the file lists)."""
+    from bbn.data.prepare import prepare_data
+    from bbn.data.sources import LabeledImages
+
+    data = prepare_data(cfg)
+    names = list(data.train.class_names)
+    if isinstance(data.train, LabeledImages):  # digits, CIFAR, arrays: the training resolution
+        _, c, h, w = data.train.images.shape
+        spec = InputSpec(int(c), int(h), int(w), tuple(data.mean), tuple(data.std))
+        return spec.transform(), (spec.channels, spec.height, spec.width), names
+    from bbn.data.transforms import crop_size, image_transform  # image files: resize, centre crop
+
+    size = crop_size(cfg.data)
+    return image_transform(cfg, train=False), (data.train.channels, size, size), names
+
+
+def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
+    """The predictor of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
+    path = checkpoint_file(target)
+    payload = load_checkpoint(path)
+    cfg = build_config(payload["config"])
+    model = model_from_checkpoint(payload, cfg, path)
+    num_classes = model.classifier.weight.shape[0]
+    channels = model.backbone.conv1.weight.shape[1]
+    names = payload.get("class_names")
+    if "input" in payload:
+        spec = InputSpec.from_dict(payload["input"], str(path))
+        transform, shape = spec.transform(), (spec.channels, spec.height, spec.width)
+    else:
+        transform, shape, data_names = _config_input(cfg)
+        names = names if names is not None else data_names
+    if shape[0] != channels:
+        raise BBNError(f"checkpoint '{path}': its network takes {channels}-channel images but its config "
+                       f"describes {shape[0]}-channel ones; use the checkpoint with the config it was written with")
+    names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise BBNError(f"checkpoint '{path}' names {len(names)} classes for a {num_classes}-class network; "
+                       "import it again with the right class-name list")
+    scale = cfg.method.ldam_scale if isinstance(model.classifier, NormedLinear) else 1.0
+    model.to(device or torch.device("cpu"))
+    return Predictor(model, names, channels, transform, shape, cfg, path, scale)
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files named, and every file with an image extension under the folders named
+    (recursively, sorted)."""
+    from PIL import Image
+
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise BBNError(f"'{p}' does not exist; pass image files or folders of images")
+    if not found:
+        raise BBNError(f"no image files in {', '.join(map(str, paths))}; pass image files or folders of images")
+    return found
+
+
+def _warn(message: str) -> None:
+    print(f"bbn: warning: {message}", file=sys.stderr)
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
+                  warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+    """[{"image": path, "top": [{"rank", "class", "name", "probability"}, ...]}, ...] for every
+    readable image; an unreadable one gets a one-line warning and is skipped."""
+    if topk < 1:
+        raise BBNError(f"--topk {topk} must be at least 1")
+    files = image_files(paths)
+    k = min(topk, len(predictor.class_names))
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(files), batch_size):
+        batch, kept = [], []
+        for f in files[start:start + batch_size]:
+            try:
+                batch.append(predictor.load(f))
+                kept.append(f)
+            except ImageReadError as exc:
+                warn(f"skipping {exc}")
+        if not batch:
+            continue
+        probs, idx = predictor.probabilities(torch.stack(batch)).topk(k, dim=1)
+        for f, p_row, i_row in zip(kept, probs.tolist(), idx.tolist()):
+            results.append({"image": str(f), "top": [
+                {"rank": r + 1, "class": c, "name": predictor.class_names[c], "probability": p}
+                for r, (p, c) in enumerate(zip(p_row, i_row))]})
+    if not results:
+        raise BBNError(f"none of the {len(files)} files could be read as an image; pass JPEG, PNG or other image files")
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One block per image: rank, class name, probability."""
+    width = max(len(r["image"]) for r in results)
+    name_w = max(5, max(len(t["name"]) for r in results for t in r["top"]))
+    lines = [f"{'image':<{width}}  rank  {'class':<{name_w}}  probability"]
+    for r in results:
+        for t in r["top"]:
+            image = r["image"] if t["rank"] == 1 else ""
+            lines.append(f"{image:<{width}}  {t['rank']:>4}  {t['name']:<{name_w}}  {t['probability']:.4f}")
+    return "\n".join(lines)
+
+
+def _csv_text(results: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image", "rank", "class", "name", "probability"])
+    for r in results:
+        for t in r["top"]:
+            writer.writerow([r["image"], t["rank"], t["class"], t["name"], f"{t['probability']:.6g}"])
+    return out.getvalue()
+
+
+def check_output(out: str | Path) -> Path:
+    """`--out` must end in .csv or .json and be in an existing folder (checked before any work)."""
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise BBNError(f"--out '{out}' must end in .csv or .json; the extension picks the format")
+    if not out.parent.is_dir():
+        raise BBNError(f"folder '{out.parent}' of --out does not exist; create it first")
+    return out
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Give the finished temporary file the usual permissions (0666 less the umask; temporary
+    files are private) and rename it over `out`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, out)
+
+
+def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Predictor) -> None:
+    """CSV (one row per image and rank) or JSON, by `out`'s extension, written atomically."""
+    out = check_output(out)
+    if out.suffix.lower() == ".csv":
+        text = _csv_text(results)
+    else:
+        text = json.dumps({"checkpoint": str(predictor.checkpoint), "model": predictor.cfg.model.name,
+                           "predictions": results}, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        publish(Path(tmp), out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_command(target: str | Path, images: Sequence[str | Path], topk: int = 5,
+                    out: str | Path | None = None, device_name: str = "auto") -> list[dict[str, Any]]:
+    """`bbn predict`: the top-k classes of every readable image; written to `out` when given."""
+    from bbn.evaluate import resolve_device
+
+    if out is not None:
+        check_output(out)
+    if topk < 1:
+        raise BBNError(f"--topk {topk} must be at least 1")
+    predictor = load_predictor(target, resolve_device(device_name))
+    results = predict_files(predictor, images, topk)
+    if out is not None:
+        write_results(results, out, predictor)
+    return results

@@ -1,0 +1,114 @@
+"""`bbn export`: TorchScript and ONNX files whose logits match the eager model's, with the
+class names and input shape inside; bad requests fail before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bbn.checkpoint import save_checkpoint
+from bbn.cli import main
+from bbn.config import build_config
+from bbn.models import create_model
+from bbn.predict import InputSpec
+from bbn.train import CHECKPOINT_FORMAT
+from cli_checks import assert_bad_input
+
+PARITY = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """A BBN ResNet-32 (CIFAR input) with trained-like BatchNorm statistics and logits of a
+    trained model's scale (a few units), so that 1e-4 is a meaningful tolerance."""
+    torch.manual_seed(0)
+    model = create_model("bbn_resnet32", 10)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # running statistics of the activations
+            model(torch.randn(32, 3, 32, 32))
+        model.eval()
+        scale = float(model(torch.randn(16, 3, 32, 32)).std())
+        model.classifier.weight.div_(scale / 3)
+        model.classifier.bias.zero_()
+    spec = InputSpec(3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": model.state_dict(),
+                     "input": spec.to_dict(), "class_names": [f"c{i}" for i in range(10)]}, path)
+    return path, model
+
+
+def random_inputs(n: int) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+
+
+def test_torchscript_matches_the_eager_model(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path, model = checkpoint
+    out = tmp_path / "model.ts"
+    assert main(["export", str(path), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "written:" in capsys.readouterr().out
+    extra = {"bbn.json": ""}
+    with pytest.warns(FutureWarning):  # torch.jit's deprecation note
+        loaded = torch.jit.load(str(out), _extra_files=extra)
+    x = random_inputs(5)  # another batch size than the traced one
+    with torch.no_grad():
+        eager, scripted = model(x), loaded(x)
+    assert 1.0 < float(eager.abs().max()) < 100.0
+    assert float((scripted - eager).abs().max()) < PARITY
+    meta = json.loads(extra["bbn.json"])
+    assert meta["class_names"][3] == "c3" and meta["input_shape"] == [3, 32, 32]
+
+
+def test_onnx_matches_the_eager_model(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path, model = checkpoint
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--out", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = random_inputs(4)
+    [logits] = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        eager = model(x).numpy()
+    assert logits.shape == (4, 10)
+    assert float(np.abs(logits - eager).max()) < PARITY
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["bbn"])["model"] == "bbn_resnet32"
+
+
+def test_bad_exports_write_nothing(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = checkpoint
+    assert_bad_input(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "no" / "m.onnx")], capsys,
+                     "does not exist")
+    assert_bad_input(["export", str(tmp_path / "missing.pt"), "--format", "torchscript", "--out",
+                      str(tmp_path / "m.ts")], capsys, "missing.pt")
+    real_find_spec = __import__("importlib.util").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    assert_bad_input(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")], capsys,
+                     "onnxruntime", "bbn[export]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_diverging_export_is_refused(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import bbn.export
+
+    path, model = checkpoint
+
+    def write(_model: torch.nn.Module, _x: torch.Tensor, p: Path, _meta: dict[str, Any]) -> None:
+        p.write_bytes(b"a graph")
+
+    def off_by_one(_p: Path) -> Any:  # an exported graph whose logits are all 1 too high
+        return lambda x: model(x).detach().numpy() + 1.0
+    monkeypatch.setitem(bbn.export.WRITERS, "torchscript", (write, off_by_one))
+    assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
+                     "differs from the checkpoint's by 1 in a logit")
+    assert list(tmp_path.iterdir()) == []
