@@ -1,48 +1,212 @@
-"""Checkpoints: written atomically (temp file, fsync, rename), read with weights_only=True."""
+"""Checkpoints that survive crashes and bit rot.
+
+A file is `{"bbn_checkpoint": FILE_FORMAT, "sha256": hex, "payload": uint8 tensor}`: the
+payload is the `torch.save` serialisation of the state dict, stored as raw bytes, and the
+checksum is over those bytes.
+Outer file and payload are both read with `torch.load(..., weights_only=True)`, so loading
+never unpickles arbitrary objects. Writes go to a temporary file that is fsynced and then
+renamed over the target, so the target is at every moment either the old complete file or
+the new complete one. `keep_previous=True` first links the current file (when it passes its
+checksum) to `<name>.prev.pt`; a file that fails its checksum is then reported in a
+one-line warning and the previous one is loaded instead.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
 import os
+import random
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from bbn.errors import BBNError
 
+FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write `payload` to `path` so that `path` is either the old file or the complete new one."""
+
+class CorruptCheckpoint(BBNError):
+    """A checkpoint file that cannot be read or fails its checksum."""
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the previous good version of `path` is kept: last.pt -> last.prev.pt."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def nonfinite_entries(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors and floats in `tree` holding NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        if (tree.is_floating_point() or tree.is_complex()) and not bool(torch.isfinite(tree).all()):
+            return [prefix or "<tensor>"]
+        return []
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [prefix or "<float>"]
+    if isinstance(tree, dict):
+        return [name for key, value in tree.items() for name in nonfinite_entries(value, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [name for i, value in enumerate(tree) for name in nonfinite_entries(value, f"{prefix}{i}.")]
+    return []
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """`write(file)` into a temporary file beside `path`, fsync it, rename it over `path`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make `previous_path(path)` the current `path` (a hard link, else a copy), atomically."""
+    prev = previous_path(path)
+    tmp = path.with_name(f".{prev.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.fsync(dir_fd)
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system
+        _write_atomically(prev, lambda f: f.write(path.read_bytes()))
+        return
+    try:
+        os.replace(tmp, prev)
     finally:
-        os.close(dir_fd)
+        tmp.unlink(missing_ok=True)  # left when prev already was this very file: rename does nothing
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by `save_checkpoint`, loaded without unpickling arbitrary objects."""
+def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
+    """Write `payload` to `path` so that `path` is either the old file or the complete new one.
+
+    A payload holding a non-finite float is refused (BBNError), so no checkpoint ever
+    carries NaN or inf. With `keep_previous`, the current file, if it passes its checksum,
+    becomes `previous_path(path)` first.
+    """
+    path = Path(path)
+    bad = nonfinite_entries(payload)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise BBNError(f"refusing to write checkpoint '{path}': {bad[0].rstrip('.')}{more} holds NaN or inf; "
+                       "the previous checkpoint is kept, lower train.lr or set train.on_nonfinite=skip")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    container = {"bbn_checkpoint": FILE_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+                 "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in (path.name, previous_path(path).name):  # left by a process killed while writing
+        for stale in path.parent.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    if keep_previous and path.is_file():
+        try:
+            _read(path)
+        except CorruptCheckpoint:
+            pass  # never let a damaged file replace the previous good one
+        else:
+            _keep_as_previous(path)
+    _write_atomically(path, lambda f: torch.save(container, f))
+    _fsync_dir(path.parent)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The state dict in `path`; CorruptCheckpoint when it is unreadable or fails its checksum."""
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({_first_line(exc)})") from None
+    if isinstance(outer, dict) and "bbn_checkpoint" in outer:
+        if outer["bbn_checkpoint"] != FILE_FORMAT:
+            raise BBNError(f"checkpoint '{path}' has file format {outer['bbn_checkpoint']!r}, this bbn reads "
+                           f"{FILE_FORMAT}; evaluate it with the bbn version that wrote it")
+        raw = outer.get("payload")
+        data = raw.numpy().tobytes() if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8 else b""
+        if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+            raise CorruptCheckpoint(f"checkpoint '{path}' fails its checksum")
+        try:
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({_first_line(exc)})") from None
+    else:
+        payload = outer  # file format 1: the state dict itself, without a checksum
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CorruptCheckpoint(f"checkpoint '{path}' holds no model and config")
+    return payload
+
+
+def _warn(message: str) -> None:
+    print(f"bbn: warning: {message}", file=sys.stderr)
+
+
+def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint`, loaded without unpickling arbitrary objects.
+
+    When `path` is unreadable or fails its checksum and `previous_path(path)` is good, the
+    previous one is returned and `warn` gets one line naming both files.
+    """
     path = Path(path)
     if not path.is_file():
         raise BBNError(f"checkpoint '{path}' not found; pass a run folder or a .pt file written by bbn train")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BBNError(f"checkpoint '{path}' cannot be read ({reason[:120]}); it is corrupt or not a bbn checkpoint") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise BBNError(f"checkpoint '{path}' is not a bbn checkpoint (no model/config); use one written by bbn train")
-    return payload
+        return _read(path)
+    except CorruptCheckpoint as exc:
+        prev = previous_path(path)
+        if not prev.is_file():
+            raise BBNError(f"{exc}; it is corrupt or not a bbn checkpoint; use a checkpoint written by "
+                           "bbn train, or start the run again") from None
+        try:
+            payload = _read(prev)
+        except CorruptCheckpoint:
+            raise BBNError(f"{exc}; the previous one '{prev.name}' is damaged too: both are corrupt or not bbn "
+                           "checkpoints; use a checkpoint written by bbn train, or start the run again") from None
+        warn(f"{exc}; using the previous one '{prev}'")
+        return payload
+
+
+def rng_states() -> dict[str, Any]:
+    """The process-wide random states a resumed run must continue from: torch's (and CUDA's
+    when in use), Python's `random` and NumPy's global generator, as checkpoint entries."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+              "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                            "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(payload: dict[str, Any]) -> None:
+    """Restore the states `rng_states` recorded (those present in `payload`)."""
+    if "torch_rng" in payload:
+        torch.set_rng_state(payload["torch_rng"])
+    if "python_rng" in payload:
+        version, internal, gauss = payload["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy_rng" in payload:
+        n = payload["numpy_rng"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda_rng" in payload and torch.cuda.is_available() and len(payload["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])

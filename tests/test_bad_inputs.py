@@ -1,0 +1,697 @@
+"""The bad-input matrix (README "Bad input", docs/bad_inputs.md).
+
+Every case runs `bbn ...` and must give exactly one stderr line `bbn: error: ...` naming the
+input and the fix, exit code 2 and no traceback, and leave its folder byte for byte as it
+was: no run folder, no eval.json, no temporary file, no file a planted payload would have
+written. docs/bad_inputs.md lists every case with its real message; after changing a
+message, rewrite it with `python tests/test_bad_inputs.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+from arrays_data import ARRAYS_TRAIN, write_arrays
+from cifar_format import dump_pickle, write_cifar10
+from image_files import image_folder, write_list
+from cli_checks import assert_bad_input
+
+from bbn.checkpoint import save_checkpoint
+from bbn.cli import main
+from bbn.config import load_config, save_config
+from bbn.errors import EXIT_BAD_INPUT, BBNError
+from bbn.models import create_model
+
+DOC = Path(__file__).parents[1] / "docs" / "bad_inputs.md"
+CATEGORIES = ("data files", "user arrays", "image files", "config", "environment", "checkpoint")
+FAST = ["train.tensorboard=false", "train.threads=1", "--no-progress"]
+CIFAR_ARGS = ["cifar10_ir100_bbn", "data.imbalance_ratio=2"]  # the fixture's 3 images per class
+TINY_DIGITS = ["digits_ce", "data.n_max=20", "train.batch_size=16", "train.epochs=2", *FAST]
+
+
+@dataclass
+class Env:
+    """One case's folder (everything it makes lives under `tmp`) and the shared inputs."""
+
+    tmp: Path
+    cifar: Path  # a pristine CIFAR-10 root, to copy
+    monkeypatch: pytest.MonkeyPatch
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "run"
+
+    @property
+    def marker(self) -> Path:
+        """What a planted payload would create."""
+        return self.tmp / "pwned"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    category: str
+    what: str  # the bad input, as the docs table names it
+    fix: str  # what the user does about it
+    make: Callable[[Env], list[str]]  # writes the bad input under env.tmp; returns the bbn arguments
+    words: tuple[str, ...]  # the message names these
+
+
+class Planted:
+    """An object whose unpickling runs `touch <marker>`: a payload a loader must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., int], tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+# --- builders ------------------------------------------------------------------------------
+
+
+def cifar_folder(env: Env) -> Path:
+    """A fresh copy of the CIFAR-10 fixture under env.tmp/data; returns its batches folder."""
+    shutil.copytree(env.cifar, env.tmp / "data")
+    return env.tmp / "data" / "cifar-10-batches-py"
+
+
+def train_cifar(env: Env, *extra: str) -> list[str]:
+    return ["train", *CIFAR_ARGS, f"data.root={env.tmp / 'data'}", *extra, "--out", str(env.out)]
+
+
+def cifar_case(edit: Callable[[Path, Env], None]) -> Callable[[Env], list[str]]:
+    def make(env: Env) -> list[str]:
+        edit(cifar_folder(env), env)
+        return train_cifar(env)
+    return make
+
+
+def _batch(n: int, labels: list[int] | None = None) -> dict[bytes, object]:
+    return {b"batch_label": b"training batch", b"labels": labels if labels is not None else [0] * n,
+            b"data": np.zeros((n, 3072), np.uint8), b"filenames": [b"x.png"] * n}
+
+
+def _rewrite_batches(folder: Path, batch: Callable[[int], dict[bytes, object]]) -> None:
+    for i in range(1, 6):
+        dump_pickle(batch(i), folder / f"data_batch_{i}")
+
+
+def _planted_global(marker: Path) -> bytes:
+    """A pickle calling os.system('touch marker') when an unrestricted unpickler loads it."""
+    text = f"touch {marker}".encode()
+    return b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(text)) + text + b"\x85R."
+
+
+def arrays_case(**changes: object) -> Callable[[Env], list[str]]:
+    def make(env: Env) -> list[str]:
+        resolved = {k: (v(env) if callable(v) else v) for k, v in changes.items()}
+        path = write_arrays(env.tmp / "arrays.npz", **resolved)
+        return ["train", f"data.root={path}", *ARRAYS_TRAIN, "--out", str(env.out)]
+    return make
+
+
+def _good_images(n: int) -> np.ndarray:
+    return np.full((n, 8, 8, 3), 0.5, np.float32)
+
+
+def _with_pixel(n: int, value: float, image: int) -> np.ndarray:
+    x = _good_images(n)
+    x[image, 1, 2, 0] = value
+    return x
+
+
+def _csv_as_npz(env: Env) -> list[str]:
+    path = env.tmp / "a.npz"
+    path.write_text("label,pixels\n0,0 0 0\n")
+    return ["train", f"data.root={path}", *ARRAYS_TRAIN, "--out", str(env.out)]
+
+
+# Image-file sources (iNaturalist JSON, image lists), small enough to train a step on the CPU.
+FILES_SMALL = ["data.image_size=16", "data.resize_size=18", "data.workers=0", "model.name=bbn_resnet32",
+               "train.batch_size=4", "train.epochs=1", "train.milestones=[1]", "train.device=cpu",
+               "train.eval_batch_size=4", *FAST]
+
+
+def image_lists(env: Env, train_rows: list[str] | None = None, test_rows: list[str] | None = None) -> list[str]:
+    """An image folder and two lists of it (train, test); rows given replace a list's lines."""
+    paths = image_folder(env.tmp / "imgs", [6, 4, 3])
+    rows = [(str(p.relative_to(env.tmp / "imgs")), c) for c, ps in enumerate(paths) for p in ps]
+    train, test = env.tmp / "train.txt", env.tmp / "test.txt"
+    write_list(train, rows)
+    write_list(test, rows[::3])
+    for path, lines in ((train, train_rows), (test, test_rows)):
+        if lines is not None:
+            path.write_text("".join(line + "\n" for line in lines))
+    return ["train", "imagenet_lt_bbn", f"data.root={env.tmp / 'imgs'}", f"data.train_file={train}",
+            f"data.test_file={test}", *FILES_SMALL, "--out", str(env.out)]
+
+
+def inat_json(text: str) -> Callable[[Env], list[str]]:
+    def make(env: Env) -> list[str]:
+        image_folder(env.tmp / "imgs", [2, 2])
+        for name in ("train2018.json", "val2018.json"):
+            (env.tmp / name).write_text(text)
+        return ["train", "inat2018_bbn", f"data.root={env.tmp / 'imgs'}", f"data.train_file={env.tmp / 'train2018.json'}",
+                f"data.test_file={env.tmp / 'val2018.json'}", *FILES_SMALL, "--out", str(env.out)]
+    return make
+
+
+def _missing_test_image_strict(env: Env) -> list[str]:
+    args = image_lists(env)
+    with open(env.tmp / "test.txt", "a") as f:
+        f.write("class1/gone.jpg 1\n")
+    return [*args[:-2], "data.strict=true", *args[-2:]]
+
+
+def train_digits(*overrides: str) -> Callable[[Env], list[str]]:
+    return lambda env: ["train", "digits_bbn", *overrides, "--out", str(env.out)]
+
+
+def config_file(text: str | bytes, *overrides: str) -> Callable[[Env], list[str]]:
+    def make(env: Env) -> list[str]:
+        path = env.tmp / "my.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.replace("MARKER", str(env.marker)).encode())
+        return ["train", str(path), *overrides, "--out", str(env.out)]
+    return make
+
+
+def _digits_cfg():
+    return load_config("digits_ce", ["train.threads=1", "train.tensorboard=false"])
+
+
+def checkpoint_file(env: Env, model_name: str | None = None, config: dict | None = None) -> Path:
+    """A checkpoint in the form bbn train writes, of an untrained digits model."""
+    cfg = _digits_cfg()
+    model = create_model(model_name or cfg.model.name, 10, 1)
+    path = env.tmp / "checkpoints" / "best.pt"
+    save_checkpoint({"format": 2, "config": config if config is not None else cfg.to_dict(), "epoch": 1,
+                     "model": model.state_dict()}, path)
+    return path
+
+
+def eval_of(write: Callable[[Env], Path]) -> Callable[[Env], list[str]]:
+    return lambda env: ["eval", str(write(env)), "--device", "cpu"]
+
+
+def _damaged(env: Env, keep: slice | None = None, content: bytes | None = None) -> Path:
+    path = checkpoint_file(env)
+    path.write_bytes(content if content is not None else path.read_bytes()[keep])
+    return path
+
+
+def _foreign_torch_file(env: Env) -> Path:
+    path = env.tmp / "weights.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    return path
+
+
+def _planted_checkpoint(env: Env) -> Path:
+    path = env.tmp / "planted.pt"
+    torch.save({"model": Planted(env.marker), "config": {}}, path)
+    return path
+
+
+def _corrupt_run_folder(env: Env) -> list[str]:
+    run = env.tmp / "stopped"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(_digits_cfg(), run / "config.yaml")
+    (run / "checkpoints" / "last.pt").write_bytes(b"\x00" * 64)
+    return ["train", "--resume", str(run)]
+
+
+def _existing_run(env: Env) -> list[str]:
+    env.out.mkdir()
+    (env.out / "config.yaml").write_text("precious: true\n")
+    return ["train", "digits_bbn", "--out", str(env.out)]
+
+
+def _out_below_a_file(env: Env) -> list[str]:
+    (env.tmp / "a-file").write_text("not a folder")
+    return ["train", "digits_bbn", "train.epochs=1", *FAST, "--out", str(env.tmp / "a-file" / "run")]
+
+
+def full_disk(env: Env) -> None:
+    """Every fsync fails with ENOSPC, as on a full disk: the first checkpoint cannot be written."""
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    env.monkeypatch.setattr(os, "fsync", no_space)
+
+
+def _disk_full_first_checkpoint(env: Env) -> list[str]:
+    full_disk(env)
+    return ["train", *TINY_DIGITS, "--out", str(env.out)]
+
+
+# --- the matrix ----------------------------------------------------------------------------
+
+CASES: list[Case] = [
+    # data files (CIFAR pickles)
+    Case("cifar-truncated", "data files", "a CIFAR batch cut short", "re-download the dataset",
+         cifar_case(lambda f, e: (f / "data_batch_3").write_bytes((f / "data_batch_3").read_bytes()[:5000])),
+         ("data_batch_3", "truncated", "re-download")),
+    Case("cifar-pickled-list", "data files", "a pickle of a list where a batch dict belongs", "re-download the dataset",
+         cifar_case(lambda f, e: dump_pickle([1, 2, 3], f / "data_batch_1")),
+         ("data_batch_1", "holds a list", "re-download")),
+    Case("cifar-text-file", "data files", "a text file in place of a batch", "re-download the dataset",
+         cifar_case(lambda f, e: (f / "test_batch").write_text("label,pixels\n3,0 0 0\n")),
+         ("test_batch", "not a CIFAR pickle", "re-download")),
+    Case("cifar-missing-key", "data files", "a batch without its 'labels' entry", "re-download the dataset",
+         cifar_case(lambda f, e: dump_pickle({k: v for k, v in _batch(3).items() if k != b"labels"},
+                                             f / "data_batch_2")),
+         ("data_batch_2", "no 'labels' entry", "re-download")),
+    Case("cifar-empty", "data files", "batches holding no images", "check data.root and its files",
+         cifar_case(lambda f, e: _rewrite_batches(f, lambda i: _batch(0))),
+         ("no training images", "data.root")),
+    Case("cifar-one-class", "data files", "every training image labelled with one class",
+         "fix the labels or remove the empty classes",
+         cifar_case(lambda f, e: _rewrite_batches(f, lambda i: _batch(6))),
+         ("class 1 ('automobile') has no images", "fix the labels")),
+    Case("cifar-label-range", "data files", "a label outside [0, C)", "re-download the dataset",
+         cifar_case(lambda f, e: dump_pickle(_batch(4, [10, 0, 0, 0]), f / "test_batch")),
+         ("test_batch", "label 10 is outside [0, 10)", "re-download")),
+    Case("cifar-missing-file", "data files", "a batch file missing", "extract the archive again or download",
+         cifar_case(lambda f, e: (f / "data_batch_4").unlink()),
+         ("data_batch_4", "not found", "data.download=true")),
+    Case("cifar-no-root", "data files", "data.root pointing nowhere", "point data.root at the dataset",
+         lambda e: ["train", *CIFAR_ARGS, f"data.root={e.tmp / 'nowhere'}", "--out", str(e.out)],
+         ("nowhere", "does not exist", "data.download=true")),
+    Case("cifar-planted-global", "data files", "a planted pickle that would run a command",
+         "replace the file with the official one",
+         cifar_case(lambda f, e: (f / "batches.meta").write_bytes(_planted_global(e.marker))),
+         ("batches.meta", "refuses to load global 'os.system'", "official")),
+    # user arrays (.npz)
+    Case("arrays-nan", "user arrays", "a NaN pixel", "replace NaN/inf pixels before saving",
+         arrays_case(x_train=_with_pixel(45, np.nan, 7)),
+         ("arrays.npz", "'x_train' has a NaN pixel in image 7", "nan_to_num")),
+    Case("arrays-inf", "user arrays", "an inf pixel", "replace NaN/inf pixels before saving",
+         arrays_case(x_test=_with_pixel(16, np.inf, 2)),
+         ("'x_test' has an infinite pixel in image 2", "nan_to_num")),
+    Case("arrays-float-range", "user arrays", "float pixels outside [0, 1]", "scale to [0, 1] or save uint8",
+         arrays_case(x_test=_good_images(16) * 255), ("'x_test'", "outside [0, 1]", "uint8")),
+    Case("arrays-int-range", "user arrays", "integer pixels outside 0..255", "save uint8 0..255",
+         arrays_case(x_test=np.full((16, 8, 8), 300, np.int32)), ("'x_test'", "outside 0..255", "uint8")),
+    Case("arrays-dims", "user arrays", "images of the wrong rank", "save (N, H, W[, C]) or (N, C, H, W)",
+         arrays_case(x_train=np.zeros((45, 64), np.uint8)), ("'x_train' has shape (45, 64)", "(N, H, W)")),
+    Case("arrays-count", "user arrays", "fewer labels than images", "give one label per image",
+         arrays_case(y_test=np.zeros(15, np.int64)), ("'y_test' has 15 labels for 16 images", "one label per image")),
+    Case("arrays-missing-key", "user arrays", "a required array missing (misspelt)", "save the four arrays",
+         arrays_case(y_test=None, Y_test=np.zeros(16, np.int64)), ("no 'y_test' array", "did you mean 'Y_test'")),
+    Case("arrays-label-range", "user arrays", "a label beyond the class names", "fix the label or add the name",
+         arrays_case(y_test=np.array([0] * 15 + [4])), ("'y_test' has label 4 (image 15)", "add the class name")),
+    Case("arrays-negative-label", "user arrays", "a negative label", "labels must be 0..C-1",
+         arrays_case(y_train=np.array([-1] + [0] * 23 + [1] * 12 + [2] * 6 + [3] * 3)),
+         ("'y_train' has label -1 (image 0)", "0..C-1")),
+    Case("arrays-float-labels", "user arrays", "float labels", "save integer labels",
+         arrays_case(y_test=np.zeros(16, np.float32)), ("'y_test' holds float32", "astype(numpy.int64)")),
+    Case("arrays-one-class", "user arrays", "every label the same, no class names", "check the labels",
+         arrays_case(y_train=np.zeros(45, np.int64), y_test=np.zeros(16, np.int64), class_names=None),
+         ("single class", "at least 2 classes")),
+    Case("arrays-object-array", "user arrays", "an object (pickled) array that would run a command",
+         "save plain arrays; names as a str array",
+         arrays_case(class_names=lambda e: np.array([Planted(e.marker)] * 4, dtype=object)),
+         ("'class_names' is an object array", "refused", "dtype=str")),
+    Case("arrays-not-npz", "user arrays", "a file that is not an .npz archive", "save it with numpy.savez",
+         _csv_as_npz, ("a.npz", "not an .npz archive", "numpy.savez")),
+    Case("arrays-missing-file", "user arrays", "data.root naming no file", "point data.root at the .npz file",
+         lambda e: ["train", f"data.root={e.tmp / 'gone.npz'}", *ARRAYS_TRAIN, "--out", str(e.out)],
+         ("gone.npz", "not found", ".npz")),
+    # image files (iNaturalist JSON, image lists)
+    Case("files-json-syntax", "image files", "an annotation JSON with a syntax error", "re-download or re-convert it",
+         inat_json('{"images": [{"id": 1,'), ("train2018.json", "not valid JSON (line 1, column", "re-download")),
+    Case("files-json-not-inat", "image files", "a JSON file of another kind (a list)", "re-download or re-convert it",
+         inat_json("[1, 2, 3]"), ("train2018.json", "neither an iNaturalist annotation file", "it has a list")),
+    Case("files-list-no-label", "image files", "a list line without a label", "'relative/path.jpg label' lines",
+         lambda e: image_lists(e, train_rows=["class0/000.jpg 0", "class0/001.jpg"]),
+         ("train.txt' line 2", "has no label", "integer label")),
+    Case("files-list-bad-label", "image files", "a list line whose label is no integer", "'relative/path.jpg label' lines",
+         lambda e: image_lists(e, test_rows=["class0/000.jpg zero"]),
+         ("test.txt' line 1", "label 'zero' is not an integer")),
+    Case("files-missing-image-strict", "image files", "a listed image missing, with data.strict=true",
+         "replace or remove it, or data.strict=false", _missing_test_image_strict,
+         ("gone.jpg", "line 6 of", "file not found", "data.strict=false")),
+    # config
+    Case("config-unknown-key", "config", "an unknown key (override)", "use the suggested key",
+         train_digits("train.epoch=3"), ("unknown config key 'train.epoch'", "did you mean 'train.epochs'")),
+    Case("config-unknown-key-file", "config", "an unknown section in a YAML file", "use the suggested key",
+         config_file("trian:\n  epochs: 3\n"), ("unknown config key 'trian'", "did you mean 'train'")),
+    Case("config-wrong-type", "config", "a value of the wrong type", "give the type named",
+         train_digits("train.epochs=ten"), ("train.epochs", "valid integer", "'ten'")),
+    Case("config-wrong-type-file", "config", "a section given a number in a YAML file", "give a mapping",
+         config_file("train: 5\n"), ("config key 'train'", "valid dictionary")),
+    Case("config-zero-epochs", "config", "train.epochs=0", "give a value in range",
+         train_digits("train.epochs=0"), ("train.epochs", "greater than or equal to 1")),
+    Case("config-negative-epochs", "config", "train.epochs=-5", "give a value in range",
+         train_digits("train.epochs=-5"), ("train.epochs", "greater than or equal to 1", "-5")),
+    Case("config-zero-batch", "config", "train.batch_size=0", "give a value in range",
+         train_digits("train.batch_size=0"), ("train.batch_size", "greater than or equal to 1")),
+    Case("config-negative-lr", "config", "train.lr=-0.1", "give a value in range",
+         train_digits("train.lr=-0.1"), ("train.lr", "greater than 0", "-0.1")),
+    Case("config-infinite-lr", "config", "train.lr=.inf", "give a finite value",
+         train_digits("train.lr=.inf"), ("train.lr", "finite number")),
+    Case("config-imbalance-below-1", "config", "data.imbalance_ratio below 1", "give a ratio >= 1",
+         train_digits("data.imbalance_ratio=0.5"), ("data.imbalance_ratio", "greater than or equal to 1")),
+    Case("config-milestones-order", "config", "milestones out of order", "give increasing epochs",
+         train_digits("train.milestones=[52,40]"), ("train.milestones", "strictly increasing")),
+    Case("config-milestones-late", "config", "a milestone after the last epoch", "give milestones <= epochs",
+         train_digits("train.epochs=10", "train.milestones=[5,20]"),
+         ("train.milestones=[5, 20] has epoch 20 after the last epoch", "<= 10")),
+    Case("config-warmup-long", "config", "a warm-up longer than the run", "shorten the warm-up",
+         train_digits("train.epochs=3", "train.warmup_epochs=5"), ("train.warmup_epochs=5", "longer than the run")),
+    Case("config-batch-too-large", "config", "a batch larger than the training set", "lower the batch size",
+         train_digits("train.batch_size=5000"), ("train.batch_size=5000", "larger than the training set")),
+    Case("config-mean-channels", "config", "augment.mean with the wrong number of channels", "one value per channel",
+         train_digits("augment.mean=[0.5,0.5,0.5]"), ("augment.mean has 3 values", "give 1")),
+    Case("config-yaml-syntax", "config", "a YAML syntax error", "fix the syntax at the line named",
+         config_file("train:\n  epochs: 3\n  milestones: [1, 2\n"), ("my.yaml", "not valid YAML at line", "fix")),
+    Case("config-yaml-list", "config", "a YAML file holding a list", "write key: value mappings",
+         config_file("- train\n- epochs\n"), ("my.yaml", "must hold a mapping", "list")),
+    Case("config-not-utf8", "config", "a binary (non-UTF-8) config file", "save it as UTF-8 YAML",
+         config_file(b"\xff\xfe\x00train\x80"), ("my.yaml", "not UTF-8")),
+    Case("config-python-tag", "config", "a YAML tag that would run a command", "plain YAML only",
+         config_file("train: !!python/object/apply:os.system ['touch MARKER']\n"),
+         ("my.yaml", "YAML tag at line 1", "refused", "remove the tag")),
+    Case("config-missing-file", "config", "a config file or preset that does not exist", "use the suggested preset",
+         lambda e: ["train", "cifar10_ir100_bnn", "--out", str(e.out)], ("not found", "did you mean preset")),
+    Case("config-unknown-method", "config", "an unknown method name", "use a known name",
+         train_digits("method.name=bbm"), ("unknown method 'bbm'", "did you mean 'bbn'")),
+    Case("config-unknown-model", "config", "an unknown model name", "use a known name",
+         train_digits("model.name=resnet33"), ("unknown model 'resnet33'", "resnet32")),
+    Case("config-unknown-sampler", "config", "an unknown sampler name", "use a known name",
+         train_digits("method.rebalance_sampler=reverse"), ("unknown re-balancing sampler", "did you mean 'reversed'")),
+    Case("config-unknown-adaptor", "config", "an unknown adaptor name", "use a known name",
+         train_digits("method.adaptor=parabolic"), ("unknown adaptor 'parabolic'", "parabolic_decay")),
+    Case("config-unknown-source", "config", "an unknown data source", "use a known name",
+         train_digits("data.source=cifar"), ("unknown data source 'cifar'", "cifar10")),
+    Case("config-stray-argument", "config", "a second positional argument", "one CONFIG, then key=value",
+         lambda e: ["train", "digits_bbn", "epochs", "--out", str(e.out)], ("unexpected argument 'epochs'", "key=value")),
+    # environment
+    Case("env-out-below-file", "environment", "--out below a file (unwritable)", "choose a writable --out",
+         _out_below_a_file, ("cannot write the run folder", "a-file", "writable --out")),
+    Case("env-out-exists", "environment", "--out naming an existing run", "--resume it or choose another --out",
+         _existing_run, ("already exists", "--resume")),
+    Case("env-disk-full", "environment", "a full disk at the first checkpoint", "free disk space, run again",
+         _disk_full_first_checkpoint, ("cannot write the run folder", "No space left on device", "free disk space")),
+    Case("env-resume-not-a-run", "environment", "--resume of a folder that is no run", "pass the run folder",
+         lambda e: ["train", "--resume", str(e.tmp)], ("not a run folder", "bbn train wrote")),
+    # checkpoint
+    Case("ckpt-truncated", "checkpoint", "a checkpoint cut short", "use a checkpoint written by bbn train",
+         eval_of(lambda e: _damaged(e, keep=slice(0, 2000))), ("best.pt", "cannot be read", "bbn train")),
+    Case("ckpt-garbage", "checkpoint", "random bytes as a checkpoint", "use a checkpoint written by bbn train",
+         eval_of(lambda e: _damaged(e, content=b"\x80\x57" + np.random.default_rng(0).bytes(4096))),
+         ("best.pt", "cannot be read", "bbn train")),
+    Case("ckpt-empty", "checkpoint", "an empty checkpoint file", "use a checkpoint written by bbn train",
+         eval_of(lambda e: _damaged(e, content=b"")), ("best.pt", "cannot be read")),
+    Case("ckpt-foreign", "checkpoint", "a torch file that is no bbn checkpoint", "use a checkpoint written by bbn train",
+         eval_of(_foreign_torch_file), ("weights.pt", "not a bbn checkpoint")),
+    Case("ckpt-bad-config", "checkpoint", "a checkpoint whose config is invalid", "use a checkpoint written by bbn train",
+         eval_of(lambda e: checkpoint_file(e, config={"train": {"epoch": 3}})),
+         ("best.pt", "invalid config", "unknown config key 'train.epoch'")),
+    Case("ckpt-wrong-weights", "checkpoint", "weights of another model", "use the run's own checkpoint",
+         eval_of(lambda e: checkpoint_file(e, model_name="bbn_resnet32")),
+         ("best.pt", "do not fit resnet32", "Missing key(s)")),
+    Case("ckpt-planted", "checkpoint", "a checkpoint carrying a pickle that would run a command",
+         "use a checkpoint written by bbn train", eval_of(_planted_checkpoint), ("planted.pt", "cannot be read")),
+    Case("ckpt-missing", "checkpoint", "bbn eval of a path that does not exist", "pass a run folder or .pt",
+         lambda e: ["eval", str(e.tmp / "nope.pt")], ("nope.pt", "does not exist")),
+    Case("ckpt-resume-corrupt", "checkpoint", "--resume of a run whose last.pt is garbage", "start the run again",
+         _corrupt_run_folder, ("last.pt", "corrupt")),
+]
+
+
+# --- running a case ------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for folders)."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def abridge(message: str, tmp: Path) -> str:
+    """The message as the docs show it: the case's folder as '…', at most 200 characters."""
+    text = message.removeprefix("bbn: error: ").replace(str(tmp), "…")
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+MESSAGES: dict[str, str] = {}  # case id -> abridged message, filled by test_bad_input
+
+
+@pytest.fixture(scope="module")
+def cifar_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cifar-src")
+    write_cifar10(root, images_per_class_train=3, images_per_class_test=1)
+    return root
+
+
+@pytest.fixture
+def env(tmp_path: Path, cifar_src: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    monkeypatch.chdir(case_dir)  # a default runs/ folder would land here and be seen
+    return Env(case_dir, cifar_src, monkeypatch)
+
+
+def test_cases_are_well_formed() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)) and len(CASES) >= 25
+    assert {c.category for c in CASES} == set(CATEGORIES)
+    assert all(c.words and c.what and c.fix for c in CASES)
+
+
+def test_the_fixtures_are_good_input(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """The unchanged inputs the cases start from load: each case fails for its own reason."""
+    cifar_folder(env)
+    assert main(["data", *CIFAR_ARGS, f"data.root={env.tmp / 'data'}"]) == 0
+    path = write_arrays(env.tmp / "arrays.npz")
+    assert main(["data", f"data.root={path}", *ARRAYS_TRAIN]) == 0
+    assert main(["eval", str(checkpoint_file(env)), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (env.tmp / "eval.json").is_file()
+    lists = [a for a in image_lists(env)[1:-2] if a != "--no-progress"]
+    assert main(["data", *lists]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    args = case.make(env)
+    before = snapshot(env.tmp)
+    line = assert_bad_input(args, capsys, *case.words)
+    assert snapshot(env.tmp) == before, "the failed command left or changed files"
+    assert not env.out.exists() or case.id == "env-out-exists"
+    assert not env.marker.exists()
+    MESSAGES[case.id] = abridge(line, env.tmp)
+
+
+def test_fresh_processes_print_one_line_and_no_traceback(tmp_path: Path, cifar_src: Path) -> None:
+    """Two cases as a user meets them, `python -m bbn ...` in fresh interpreters (run side
+    by side, warnings on): nothing but the one error line reaches stderr."""
+    runs = []
+    with pytest.MonkeyPatch.context() as mp:
+        for case in (c for c in CASES if c.id in ("cifar-truncated", "ckpt-garbage")):
+            folder = tmp_path / case.id
+            folder.mkdir()
+            env = Env(folder, cifar_src, mp)
+            args = case.make(env)
+            proc = subprocess.Popen([sys.executable, "-m", "bbn", *args], cwd=folder, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+            runs.append((case, env, snapshot(folder), proc))
+    for case, env, before, proc in runs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == EXIT_BAD_INPUT, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bbn: error: ") and "Traceback" not in stderr, stderr
+        assert all(word in lines[0] for word in case.words), lines[0]
+        assert snapshot(env.tmp) == before
+
+
+def test_a_later_train_epochs_is_a_budget_that_keeps_the_schedule(tmp_path: Path) -> None:
+    """Schedule overrides must fit the run, unless a train.epochs given after them shortens it."""
+    assert load_config("digits_bbn", ["train.epochs=2"]).train.milestones == [40, 52]  # the preset's
+    assert load_config(None, ["train.milestones=[3]", "train.warmup_epochs=2", "train.epochs=1"]).train.epochs == 1
+    with pytest.raises(BBNError, match="has epoch 3 after the last epoch"):
+        load_config(None, ["train.epochs=1", "train.milestones=[3]"])
+    with pytest.raises(BBNError, match="longer than the run"):
+        load_config(None, ["train.epochs=1", "train.warmup_epochs=2"])
+    shortened = load_config(None, ["train.epochs=2"])
+    save_config(shortened, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == shortened  # a run's config.yaml re-runs as is
+
+
+# --- a full disk during training ------------------------------------------------------------
+
+
+def _no_space() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _temporary_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_disk_full_after_an_epoch_keeps_a_whole_last_checkpoint_and_resumes(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills up while epoch 2's checkpoints are written: exit 2, one line pointing to
+    --resume; last.pt is epoch 1's, whole (no fallback to a previous file); no temporary file
+    stays. With space again, --resume finishes the run."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if (env.out / "metrics.jsonl").exists():  # epoch 1 is complete
+            raise _no_space()
+        real_fsync(fd)
+
+    env.monkeypatch.setattr(os, "fsync", fsync)
+    line = assert_bad_input(["train", *TINY_DIGITS, "--out", str(env.out)], capsys,
+                            "No space left on device", "free disk space", f"bbn train --resume {env.out}")
+    assert "checkpoints/last.pt is intact" in line
+    env.monkeypatch.setattr(os, "fsync", real_fsync)
+    from bbn.checkpoint import load_checkpoint
+
+    assert load_checkpoint(env.out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert "warning" not in capsys.readouterr().err  # last.pt itself loaded, not a fallback
+    assert len((env.out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (env.out / "final.json").exists() and not _temporary_files(env.out)
+    assert main(["train", "--resume", str(env.out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert len((env.out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (env.out / "final.json").is_file()
+
+
+def test_disk_full_while_writing_metrics_leaves_no_temporary_file(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """metrics.jsonl's write fails half-way: the half-written temporary file is removed and the
+    run (whose epoch-1 last.pt is whole) can be resumed."""
+    real_write_text = Path.write_text
+
+    def write_text(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if self.name.startswith(".metrics.jsonl"):
+            real_write_text(self, data[: len(data) // 2])
+            raise _no_space()
+        return real_write_text(self, data, *args, **kwargs)
+
+    env.monkeypatch.setattr(Path, "write_text", write_text)
+    assert_bad_input(["train", *TINY_DIGITS, "--out", str(env.out)], capsys,
+                     "No space left on device", "--resume")
+    assert not _temporary_files(env.out) and not (env.out / "metrics.jsonl").exists()
+    assert (env.out / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real full disk, smaller than one checkpoint (needs root and mount)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_removes_the_fresh_run(small_tmpfs: Path, env: Env,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = small_tmpfs / "run"
+    assert_bad_input(["train", *TINY_DIGITS, "--out", str(out)], capsys, "No space left on device",
+                     "free disk space", "removed")
+    assert list(small_tmpfs.iterdir()) == []
+
+
+# --- the docs table ------------------------------------------------------------------------
+
+HEADER = ["case", "category", "bad input", "message (abridged; … = the folder)", "fix"]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table(messages: dict[str, str]) -> str:
+    rows = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for c in CASES:
+        rows.append(f"| `{c.id}` | {c.category} | {_cell(c.what)} | {_cell(messages.get(c.id, ''))} | {_cell(c.fix)} |")
+    return "\n".join(rows) + "\n"
+
+
+def doc_rows(text: str) -> dict[str, list[str]]:
+    """Case id -> the cells of its row in the docs table."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def _same_names(message: str) -> str:
+    """A registry's 'known: a, b, ...' list in sorted order: registration order follows import order."""
+    return re.sub(r"known: ([^;]*)", lambda m: "known: " + ", ".join(sorted(m.group(1).split(", "))), message)
+
+
+def test_docs_table_lists_every_case_with_its_message() -> None:
+    rows = doc_rows(DOC.read_text())
+    assert sorted(rows) == sorted(c.id for c in CASES), "rewrite docs/bad_inputs.md: python tests/test_bad_inputs.py"
+    for c in CASES:
+        _, category, what, message, fix = rows[c.id]
+        assert (category, what, fix) == (c.category, c.what, c.fix), c.id
+        if c.id in MESSAGES:  # run in this session: the docs show the real message
+            assert _same_names(message) == _same_names(MESSAGES[c.id]), (
+                f"{c.id}: docs/bad_inputs.md shows an old message; rewrite it: python tests/test_bad_inputs.py")
+
+
+# --- `python tests/test_bad_inputs.py`: rewrite the docs table from the real messages --------
+
+DOC_BEGIN = "<!-- cases: generated by python tests/test_bad_inputs.py -->"
+DOC_END = "<!-- end of cases -->"
+
+
+@contextlib.contextmanager
+def _case_env(cifar: Path) -> Iterator[Env]:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        case_dir = Path(tmp) / "case"
+        case_dir.mkdir()
+        mp.chdir(case_dir)
+        yield Env(case_dir, cifar, mp)
+
+
+def collect_messages() -> dict[str, str]:
+    messages = {}
+    with tempfile.TemporaryDirectory() as src:
+        write_cifar10(Path(src), images_per_class_train=3, images_per_class_test=1)
+        for case in CASES:
+            with _case_env(Path(src)) as env:
+                args = case.make(env)
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    code = main(args)
+                assert code == EXIT_BAD_INPUT, (case.id, err.getvalue())
+                messages[case.id] = abridge(err.getvalue().strip(), env.tmp)
+    return messages
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")
+    text = DOC.read_text()
+    head, _, rest = text.partition(DOC_BEGIN)
+    _, _, tail = rest.partition(DOC_END)
+    DOC.write_text(f"{head}{DOC_BEGIN}\n\n{render_table(collect_messages())}\n{DOC_END}{tail}")
+    print(f"written: {DOC} ({len(CASES)} cases)")
