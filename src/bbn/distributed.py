@@ -1,0 +1,185 @@
+"""Data-parallel training across processes started by torchrun (one or many nodes).
+
+How a run is split (the global recipe does not depend on the number of processes):
+* `train.batch_size` is the global batch: each of the W ranks trains on a 1/W share of
+  every step's batch, so the learning-rate schedule and the epoch length stay the paper's.
+* Every rank draws the epoch's index batches from the same generator (the run's seed), so
+  all ranks hold the same uniform permutation and the same re-balancing draws; rank r keeps
+  the r-th share of each (`shard`). The ranks' shares are disjoint and together they are
+  exactly the batches a single process would train on.
+* What is random per image inside a step (crops, flips, Mixup's lambda) comes from a
+  generator of the rank's own, seeded by the run's seed, the epoch and the rank.
+* Gradients are averaged by DistributedDataParallel; `train.sync_bn` makes BatchNorm use
+  statistics over the whole global batch (CUDA only); otherwise each rank normalises its
+  share, as the reference's DataParallel did per GPU.
+* Rank 0 alone evaluates, logs and writes the run folder; the others wait for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from bbn.errors import BBNError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE = World()
+
+
+def world_from_env(env: dict[str, str] | None = None) -> World:
+    """The World that torchrun describes in the environment (RANK, WORLD_SIZE,
+    LOCAL_RANK); a single process when they are absent."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" not in env:
+        return SINGLE
+    try:
+        world = World(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise BBNError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start distributed runs with torchrun") from None
+    if world.size < 1 or not 0 <= world.rank < world.size:
+        raise BBNError(f"RANK {world.rank} is outside [0, WORLD_SIZE={world.size}); start distributed runs with torchrun")
+    return world
+
+
+def init_world(device_name: str) -> tuple[World, str]:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA) and return this
+    process's World and the device it trains on ('cuda:LOCAL_RANK' when CUDA is used)."""
+    world = world_from_env()
+    if not world.distributed:
+        return world, device_name
+    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available() or world.local_rank >= torch.cuda.device_count():
+            raise BBNError(f"rank {world.rank} needs CUDA device {world.local_rank}, which this node does not have; "
+                           "start at most one process per GPU (torchrun --nproc-per-node)")
+        torch.cuda.set_device(world.local_rank)
+        device_name = f"cuda:{world.local_rank}"
+    elif device_name == "auto":
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return world, device_name
+
+
+def close_world(world: World) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(batch_size: int, world: World) -> None:
+    """The global batch must split evenly across the ranks."""
+    if batch_size % world.size:
+        raise BBNError(f"train.batch_size={batch_size} does not split across {world.size} processes; "
+                       f"use a multiple of {world.size} (it is the global batch)")
+
+
+def shard(batch: Any, world: World) -> Any:
+    """Rank r's share of an index batch: the r-th of W near-equal contiguous pieces of a
+    tensor, or of each tensor of a tuple (BBN's (idx_c, idx_r))."""
+    if not world.distributed:
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(shard(b, world) for b in batch)
+    return torch.tensor_split(batch, world.size)[world.rank]
+
+
+def shard_batches(batches: Iterator[Any], world: World) -> Iterator[Any]:
+    """The epoch's batches as this rank trains them."""
+    for batch in batches:
+        yield shard(batch, world)
+
+
+def rank_generator(seed: int, epoch: int, step: int, world: World) -> torch.Generator:
+    """The generator of a rank's per-image randomness in one step of an epoch (crops, flips,
+    Mixup's lambda): a function of the seed, the position and the rank alone, so an epoch
+    resumed part-way, with any number of processes, draws what it would have drawn."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + step) * 4_099 + world.rank)
+
+
+def agree(flag: bool, world: World) -> bool:
+    """True on every rank when `flag` is true on any rank (a stop request, a skipped step)."""
+    if not world.distributed:
+        return flag
+    out = torch.tensor([float(flag)])
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return bool(out.item() > 0)
+
+
+def all_reduce_mean(values: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean of `values` over the ranks (itself for a single process)."""
+    if not world.distributed:
+        return values
+    out = values.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world.size
+
+
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    if not world.distributed:
+        return values
+    out = values.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class MethodStep(nn.Module):
+    """The model wrapped so that one call runs a method's whole step: DistributedDataParallel
+    synchronises gradients of what happens inside a forward call, and a method's step calls
+    the model's parts (`features`, `logits`) rather than its forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: Any, data: Any, batch: Any, generator: torch.Generator) -> Any:
+        return method.step(self.model, data, batch, generator)
+
+
+def data_parallel(model: nn.Module, world: World, sync_bn: bool, device: torch.device) -> nn.Module:
+    """`MethodStep(model)` under DistributedDataParallel (SyncBatchNorm first when asked)."""
+    if sync_bn:
+        if device.type != "cuda":
+            raise BBNError("train.sync_bn needs CUDA devices (BatchNorm statistics are synchronised over NCCL); "
+                           "set train.sync_bn=false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # device_ids=None: the model already sits on this rank's device, and the step's
+    # arguments (method, data, generator) are not to be moved.
+    return nn.parallel.DistributedDataParallel(MethodStep(model), device_ids=None)
