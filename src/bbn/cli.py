@@ -1,12 +1,14 @@
-"""`bbn train | eval | data | reproduce | study | analyze`: wires config, data, trainer and evaluator together."""
+"""`bbn train | eval | data | reproduce | study | analyze | import-reference | predict | export`:
+wires config, data, trainer and evaluator together."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any, Sequence
 
-from bbn.errors import EXIT_BAD_INPUT, BBNError
+from bbn.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED, BBNError, Preempted
 
 
 def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -34,11 +36,30 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bbn import preemption
+
+    # SIGTERM / SIGINT from here on stop the run at the next step, or as soon as it starts
+    # training, with last.pt written: exit EXIT_PREEMPTED. A finished run exits 0.
+    from bbn.distributed import close_world, world_from_env
+
+    try:
+        with preemption.stop_requests():
+            return _train(args)
+    finally:
+        close_world(world_from_env())  # under torchrun: leave the process group
+
+
+def _train(args: argparse.Namespace) -> int:
     from bbn.config import load_config
-    from bbn.train import resume_run, start_run
+    from bbn.train import continue_run, resume_run, start_run
 
     progress = not args.no_progress
-    if args.resume:
+    if args.resume == "auto":
+        if not args.out:
+            raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
+        config, overrides = _split_args(args.items)
+        run, final = continue_run(load_config(config, overrides), args.out, progress=progress)
+    elif args.resume:
         if args.items or args.out:
             raise BBNError("--resume continues a run with its saved config; drop CONFIG, overrides and --out")
         run, final = resume_run(args.resume, progress=progress)
@@ -46,6 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config, overrides = _split_args(args.items)
         cfg = load_config(config, overrides)
         run, final = start_run(cfg, args.out, progress=progress)
+    if not final:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print(_summary(final))
     print(f"run folder: {run.root}  (report: {run.root / 'report.md'})")
     return 0
@@ -58,6 +81,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
     print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']}{branch})")
     print(_summary(result))
+    return 0
+
+
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from bbn.convert import import_reference
+
+    stray = [item for item in args.items if "=" not in item]
+    if stray:
+        raise BBNError(f"unexpected argument '{stray[0]}'; give the config with --config and overrides as key=value")
+    info = import_reference(args.checkpoint, args.out, args.model, args.num_classes, args.config, args.items,
+                            args.class_names)
+    best = f", best result {info['best_result']:.4g}" if isinstance(info.get("best_result"), float) else ""
+    print(f"{info['model']}: {info['num_classes']} classes, {info['num_params']:,} parameters "
+          f"(reference epoch {info.get('epoch')}{best})")
+    data = "bbn eval and bbn predict use its config" if info["data_config"] else (
+        "no data config: bbn predict and bbn export work; for bbn eval import again with --config CONFIG")
+    print(f"written: {info['out']}  ({data})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bbn.predict import format_table, predict_command
+
+    results = predict_command(args.target, args.images, args.topk, args.out, args.device)
+    if args.out:
+        print(f"{len(results)} images; written: {args.out}")
+    else:
+        print(format_table(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bbn.export import export_model
+
+    info = export_model(args.target, args.format, args.out)
+    print(f"written: {info['out']} ({info['format']}, input {tuple(info['input_shape'])} with any batch size; "
+          f"max |logit difference| to the checkpoint {info['max_abs_diff']:.2g})")
     return 0
 
 
@@ -89,11 +149,25 @@ def cmd_analyze_weight_norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_inat(args: argparse.Namespace) -> int:
+    from bbn.data.inat import convert_inat
+
+    if len(args.items) != 3:
+        raise BBNError("usage: bbn data convert-inat IN.json OUT.json [--root FOLDER]; give one input and one output file")
+    written, images, classes = convert_inat(args.items[1], args.items[2], args.root)
+    print(f"wrote {args.items[2]}: {images} images, {classes} classes ({written} format)")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from bbn.config import load_config
     from bbn.data.longtail import shot_group, shot_groups
     from bbn.data.prepare import prepare_data
 
+    if args.items and args.items[0] == "convert-inat":
+        return cmd_convert_inat(args)
+    if args.root is not None:
+        raise BBNError("--root belongs to bbn data convert-inat; set data.root=FOLDER for a config")
     config, overrides = _split_args(args.items)
     cfg = load_config(config, overrides)
     data = prepare_data(cfg)
@@ -168,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]",
                    help="a YAML config (default: the digits-LT BBN demo) and overrides")
     p.add_argument("--out", help="run folder to create (default runs/<name>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
+    p.add_argument("--resume", metavar="RUN|auto",
+                   help="continue the run in folder RUN; 'auto' with CONFIG and --out: continue the run in "
+                        "--out if it has the same config, reuse it if finished, else start it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
@@ -178,6 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
                         "or BBN-RB (W_r f_r + b) alone")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("import-reference", help="convert an authors' released BBN checkpoint to a bbn checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the reference .pth (ResNet-32 or ResNet-50 layout)")
+    p.add_argument("items", nargs="*", metavar="key=value", help="overrides of the embedded config")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="the bbn checkpoint to write")
+    p.add_argument("--config", metavar="CONFIG", help="config (YAML or preset) of its data, for bbn eval")
+    p.add_argument("--model", help="network name (default: detected from the weights)")
+    p.add_argument("--num-classes", type=int, metavar="C", help="check the classifier has C classes")
+    p.add_argument("--class-names", metavar="FILE", help="text file, one class name per line (for bbn predict)")
+    p.set_defaults(func=cmd_import_reference)
+    p = sub.add_parser("predict", help="top-k classes of image files from a run folder or checkpoint")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RUN")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--out", metavar="FILE.csv|FILE.json", help="write the predictions there (default: a table)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="a run's or checkpoint's network as TorchScript or ONNX (parity-checked)")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RUN")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.pt / .onnx)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("analyze", help="the paper's analyses of trained runs")
     analyses = p.add_subparsers(dest="analysis", required=True)
     q = analyses.add_parser("weight-norms", help="per-class classifier weight norms, head to tail (Figure 5)")
@@ -185,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE.png", help="the plot; the table goes beside it as FILE.md")
     q.add_argument("--labels", metavar="A,B,...", help="one label per RUN (default: the run folder names)")
     q.set_defaults(func=cmd_analyze_weight_norms)
-    p = sub.add_parser("data", help="class counts and shot groups of a config's training set")
-    p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    p = sub.add_parser("data", help="class counts and shot groups of a config's training set; "
+                                    "convert-inat IN.json OUT.json converts iNaturalist annotations")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value] | convert-inat IN.json OUT.json")
+    p.add_argument("--root", help="convert-inat: the folder image paths start from (original -> converted: "
+                                  "fpath = ROOT/file_name; back: file_name = fpath relative to ROOT)")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("reproduce", help="run presets over seeds (resumable) and tabulate them beside the paper")
     p.add_argument("items", nargs="+", metavar="CONFIG_GLOB [key=value]",
@@ -230,11 +330,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # torch warns about the protocol byte of a foreign file before refusing to load it; the
+    # refusal (one BBNError line) is what the user needs to read.
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     try:
         return args.func(args)
     except BBNError as err:
         print(f"bbn: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # the environment, wherever it surfaces: a full disk, a read-only folder
+        where = f" '{err.filename}'" if err.filename else ""
+        print(f"bbn: error: cannot access{where} ({err.strerror or err}); check the path, its permissions "
+              "and the free disk space", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Preempted as stop:
+        print(f"bbn: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("bbn: interrupted", file=sys.stderr)
         return 130

@@ -18,17 +18,27 @@ from bbn.registry import closest
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN or inf number (`train.lr=.inf`) is refused like any bad value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
     """Where the images come from and how the long tail is cut.
 
     `image_size` resizes every image (None keeps the source's size); `test_per_class`
-    is the held-out test split of sources that have none (digits). Budget knobs for quick
-    runs: `n_max` caps the head class (the tail follows from the imbalance ratio; None =
-    the source's smallest class, as the paper) and `test_max_per_class` keeps the first
-    images of each test class (None = all).
+    is the held-out test split of sources that have none (digits, an image folder without
+    `test_root`). Budget knobs for quick runs: `n_max` caps the head class (the tail
+    follows from the imbalance ratio; None = the source's smallest class, as the paper) and
+    `test_max_per_class` keeps the first images of each test class (None = all).
+
+    Sources read from image files (inat2017, inat2018, imagenet_lt, places_lt, image_list,
+    image_folder): `train_file` / `test_file` are the annotation files (iNaturalist JSON, or
+    `path label` lists); `root` is the folder image paths start from (an image folder's
+    class subfolders; `test_root` a separate tree of test images); `image_size` is the crop
+    the network sees (None = 224) and `resize_size` the shorter side test images are resized
+    to before the center crop (None = image_size * 256/224); `workers` DataLoader processes
+    decode them (None = the usable cores, at most 8; 0 = in the training process); `strict`
+    makes an unreadable image an error instead of a skipped, listed one.
     """
 
     source: str = "digits"
@@ -41,6 +51,19 @@ class DataConfig(_Section):
     test_per_class: int = Field(50, ge=1)
     n_max: int | None = Field(None, ge=1)
     test_max_per_class: int | None = Field(None, ge=1)
+    train_file: str | None = None
+    test_file: str | None = None
+    test_root: str | None = None
+    resize_size: int | None = Field(None, ge=4, le=2048)
+    workers: int | None = Field(None, ge=0, le=128)
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "DataConfig":
+        if self.resize_size is not None and self.resize_size < (self.image_size or 224):
+            raise ValueError(f"data.resize_size={self.resize_size} is smaller than the center crop "
+                             f"data.image_size={self.image_size or 224}; give at least that")
+        return self
 
 
 class AugmentConfig(_Section):
@@ -59,7 +82,11 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The network (`bbn.models.MODELS`); `pretrained`: a torchvision ResNet-50 state dict
+    file that initialises the trunk of resnet50 / bbn_resnet50 (None = random init)."""
+
     name: str = "bbn_resnet32"
+    pretrained: str | None = None
 
 
 class MethodConfig(_Section):
@@ -89,6 +116,9 @@ class TrainConfig(_Section):
     Speed switches: `precision` (fp32; bf16 autocast; auto = bf16 where the device runs it
     natively), `channels_last` (NHWC activations, faster convolutions on CPU and GPU) and
     `compile` (compiled residual stages). Figures: benchmarks/RESULTS.md.
+    `on_nonfinite`: a NaN or inf loss stops the run (`stop`, checked at every log point) or
+    its step is skipped and counted (`skip`, checked at every step).
+    `sync_bn`: under torchrun, BatchNorm statistics over the whole global batch (CUDA only).
     """
 
     epochs: int = Field(200, ge=1, le=100_000)
@@ -110,8 +140,10 @@ class TrainConfig(_Section):
     tensorboard: bool = True
     deterministic: bool = True
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False
 
     @model_validator(mode="after")
     def _check_milestones(self) -> "TrainConfig":
@@ -160,7 +192,8 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     where = f"config key '{key}'" if key else "config"
     given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    text = repr(given)
+    shown = "" if isinstance(given, dict) else f" (got {text if len(text) <= 80 else text[:77] + '...'})"
     return f"{where}: {msg}{shown}"
 
 
@@ -172,7 +205,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a date like 2020-13-01: kept as text
         value = raw
     return key, value
 
@@ -193,15 +226,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise BBNError(f"config file '{p}' not found; pass a YAML file such as configs/digits_bbn.yaml")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise BBNError(f"config file '{p}' is not UTF-8 text; pass a YAML file saved as UTF-8") from None
+    except OSError as exc:
+        raise BBNError(f"cannot read config file '{p}' ({exc.strerror}); check the file and its permissions") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: an impossible date
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object: never built
+            raise BBNError(f"config file '{p}' has a YAML tag{at} that is not plain data and is refused; "
+                           "remove the tag and write plain values") from None
         raise BBNError(f"config file '{p}' is not valid YAML{at}; fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise BBNError(f"config file '{p}' must hold a mapping of keys, not {type(data).__name__}")
+        raise BBNError(f"config file '{p}' must hold a mapping of keys, not {type(data).__name__}; "
+                       "write 'section: {key: value}' lines such as 'train: {epochs: 10}'")
     return data
 
 
@@ -244,7 +285,31 @@ def resolve_config_path(name: str | Path | None) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The config at `path` (a file or preset name; None = the digits-LT demo) with overrides."""
-    return build_config(read_yaml(resolve_config_path(path)), overrides)
+    cfg = build_config(read_yaml(resolve_config_path(path)), overrides)
+    check_schedule(cfg, [parse_override(text)[0] for text in overrides])
+    return cfg
+
+
+def check_schedule(cfg: Config, keys: list[str]) -> None:
+    """Milestones and a warm-up given as overrides (`keys`, in order) must fit inside the run.
+
+    A milestone after the last epoch never fires and a warm-up longer than the run never
+    reaches `train.lr`. A `train.epochs=N` given after them (or alone) is a budget: it
+    shortens the run and keeps the schedule, as it keeps a file's; so quick runs of a preset
+    work and a run's resolved config.yaml re-runs as is.
+    """
+    def after_epochs(key: str) -> bool:
+        last = {k: i for i, k in enumerate(keys)}
+        return key in last and last[key] > last.get("train.epochs", -1)
+
+    t = cfg.train
+    late = [m for m in t.milestones if m > t.epochs]
+    if late and after_epochs("train.milestones"):
+        raise BBNError(f"train.milestones={t.milestones} has epoch {late[0]} after the last epoch "
+                       f"(train.epochs={t.epochs}), so it never applies; give milestones <= {t.epochs}")
+    if t.warmup_epochs > t.epochs and after_epochs("train.warmup_epochs"):
+        raise BBNError(f"train.warmup_epochs={t.warmup_epochs} is longer than the run "
+                       f"(train.epochs={t.epochs}); give at most {t.epochs}, or 0 for no warm-up")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from bbn.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
-from bbn.data.loader import DeviceImages
+from bbn.data.loader import DeviceImages, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
 from bbn.errors import BBNError
@@ -113,10 +113,23 @@ def load_run(target: str | Path, device: torch.device | None = None) -> LoadedRu
         raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
     ckpt_path, run_root = _checkpoint_path(target)
     payload = load_checkpoint(ckpt_path)
-    cfg = build_config(payload["config"])
+    if payload.get("imported_from", {}).get("data_config") is False:
+        raise BBNError(f"checkpoint '{ckpt_path}' was imported without a data config; import it again with "
+                       "bbn import-reference ... --config CONFIG naming its test data")
+    try:
+        cfg = build_config(payload["config"])
+    except BBNError as err:
+        raise BBNError(f"checkpoint '{ckpt_path}' holds an invalid config ({err}); use a checkpoint written "
+                       "by bbn train") from None
     data = prepare_data(cfg)
-    model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
-    model.load_state_dict(payload["model"])
+    model = create_model(cfg.model.name, data.train.num_classes, data.train.channels)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:120]
+        raise BBNError(f"checkpoint '{ckpt_path}' holds weights that do not fit {cfg.model.name} ({reason}); "
+                       "use a checkpoint written by bbn train with its own config") from None
     model.to(resolve_device(cfg.train.device) if device is None else device)
     return LoadedRun(model, payload, cfg, data, ckpt_path, run_root)
 
@@ -139,7 +152,7 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
                        f"{cfg.model.name}; use --branch all")
     fmt = memory_format(cfg.train.channels_last)
     model.to(memory_format=fmt)
-    test = DeviceImages.create(data.test, data.mean, data.std, device, fmt)
+    test = create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test")
     with autocast(device, autocast_dtype(cfg.train.precision, device)):  # as the run evaluated itself
         if name is None:
             result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)

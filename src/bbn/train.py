@@ -4,9 +4,11 @@ folder and resume. Nothing here is method-specific: the method gives the loss.""
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,22 +21,28 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from bbn.analysis import classifier_weight_norms
-from bbn.checkpoint import load_checkpoint, save_checkpoint
+from bbn import preemption
+from bbn.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from bbn.config import Config, build_config, read_yaml
-from bbn.data.loader import DeviceImages
+from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
-from bbn.errors import BBNError
+from bbn.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
+                             check_batch, data_parallel, init_world, rank_generator, shard_batches)
+from bbn.errors import BBNError, Preempted
 from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
 from bbn.models import create_model, num_params
+from bbn.nonfinite import NonFiniteLoss, first_nonfinite, grads_finite
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
-from bbn.runs import (RunDir, check_same_config, create_run_dir, default_run_path, never_trained, write_json,
-                      write_metrics)
+from bbn.runs import (RunDir, check_same_config, create_run_dir, default_run_path, never_trained, stopped_run,
+                      write_json, write_metrics)
 
-CHECKPOINT_FORMAT = 1
+# 2: + Python/NumPy RNG states and `partial` (a mid-epoch position); 1 still resumes.
+CHECKPOINT_FORMAT = 2
+RESUMABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -48,14 +56,17 @@ class Session:
     method: Method
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
-    train_set: DeviceImages
-    test_set: DeviceImages
+    train_set: ImageSet
+    test_set: ImageSet
     epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
     train_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     amp_dtype: torch.dtype | None = None
+    partial: dict[str, Any] | None = None  # where the unfinished epoch stands (mid-epoch checkpoint)
+    world: World = SINGLE  # this process among those torchrun started
+    ddp: nn.Module | None = None  # the model's step under DistributedDataParallel (several processes)
 
     def autocast(self) -> ContextManager:
         """The precision context of forward passes (train.precision)."""
@@ -64,7 +75,7 @@ class Session:
 
 def check_names(cfg: Config) -> None:
     """Fail fast on an unknown source, model, method, adaptor or sampler name (no data read)."""
-    from bbn.data import cifar  # noqa: F401  (registers the CIFAR sources)
+    from bbn.data import arrays, cifar, folder, inat, lists  # noqa: F401  (register the sources)
     from bbn.data.samplers import REBALANCE_SAMPLERS
     from bbn.data.sources import SOURCES
     from bbn.methods.cumulative import ADAPTORS
@@ -81,7 +92,9 @@ def check_names(cfg: Config) -> None:
 def build_session(cfg: Config) -> Session:
     """Seed, load and check the data, build model, method and optimiser (no side effects)."""
     check_names(cfg)
-    device = resolve_device(cfg.train.device)
+    world, device_name = init_world(cfg.train.device)
+    check_batch(cfg.train.batch_size, world)
+    device = resolve_device(device_name)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -91,19 +104,21 @@ def build_session(cfg: Config) -> Session:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
-    model = create_model(cfg.model.name, data.train.num_classes, data.train.images.shape[1])
+    model = create_model(cfg.model.name, data.train.num_classes, data.train.channels,
+                         pretrained=cfg.model.pretrained)
     method = METHODS.get(cfg.method.name)(cfg, data.train.labels, data.train.num_classes)
     method.check_model(model)
     fmt = memory_format(cfg.train.channels_last)
     model.to(device=device, memory_format=fmt)
     if cfg.train.compile:
         compile_model(model)
+    ddp = data_parallel(model, world, cfg.train.sync_bn, device) if world.distributed else None
     return Session(
-        cfg=cfg, device=device, data=data, model=model, method=method,
+        cfg=cfg, device=device, data=data, model=model, method=method, world=world, ddp=ddp,
         optimizer=build_optimizer(model, cfg.train),
         generator=torch.Generator().manual_seed(cfg.seed),
-        train_set=DeviceImages.create(data.train, data.mean, data.std, device, fmt),
-        test_set=DeviceImages.create(data.test, data.mean, data.std, device, fmt),
+        train_set=create_image_set(data.train, cfg, data.mean, data.std, device, fmt, "train"),
+        test_set=create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test"),
         amp_dtype=autocast_dtype(cfg.train.precision, device),
     )
 
@@ -112,9 +127,9 @@ def _state(s: Session) -> dict[str, Any]:
     return {
         "format": CHECKPOINT_FORMAT, "config": s.cfg.to_dict(), "epoch": s.epoch,
         "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-        "generator": s.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "generator": s.generator.get_state(), **rng_states(),
         "best_top1": s.best_top1, "best_epoch": s.best_epoch, "train_s": s.train_s,
-        "history": s.history,
+        "history": s.history, "partial": s.partial,
     }
 
 
@@ -122,52 +137,111 @@ def _restore(s: Session, payload: dict[str, Any]) -> None:
     s.model.load_state_dict(payload["model"])
     s.optimizer.load_state_dict(payload["optimizer"])
     s.generator.set_state(payload["generator"])
-    torch.set_rng_state(payload["torch_rng"])
+    set_rng_states(payload)
     s.epoch, s.best_top1, s.best_epoch = payload["epoch"], payload["best_top1"], payload["best_epoch"]
     s.train_s, s.history = payload["train_s"], list(payload["history"])
+    s.partial = payload.get("partial")
 
 
 def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dict[str, Any]:
     """One epoch (or its first `max_steps` steps, for benchmarks); host synchronisation
-    only every `log_every` steps and at the end."""
-    cfg, epoch = s.cfg, s.epoch + 1
+    only every `log_every` steps and at the end (every step with train.on_nonfinite=skip).
+
+    An epoch checkpointed part-way (`s.partial`) continues where it stopped: the epoch's
+    draws are replayed from the generator state it started with (no model work), then the
+    generator takes the state it had at the stop. A stop request (SIGTERM / SIGINT) ends the
+    epoch after the current step with `s.partial` set and `Preempted` raised.
+    """
+    cfg, epoch, world = s.cfg, s.epoch + 1, s.world
+    skip = cfg.train.on_nonfinite == "skip"
     lr = learning_rate(epoch, cfg.train)
     set_lr(s.optimizer, lr)
+    resumed, s.partial = s.partial, None
+    now = s.generator.get_state()
+    epoch_start = now if resumed is None else resumed["generator_start"]
+    s.generator.set_state(epoch_start)
     logged = s.method.start_epoch(epoch, s.generator)
     s.model.train()
     steps = s.method.steps_per_epoch() if max_steps is None else min(max_steps, s.method.steps_per_epoch())
+    # Several processes: each trains its share of the batches all draw alike, with its own
+    # per-step generator (bbn.distributed); one process: one generator for everything.
+    batches = s.train_set.plan_epoch(shard_batches(s.method.epoch_batches(s.generator), world), steps,
+                                     rank_generator(cfg.seed, epoch, 0, world) if world.distributed else s.generator)
     loss_sum = torch.zeros((), device=s.device)
     acc_sum = torch.zeros((), device=s.device)
-    images = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
+    done, images, skipped, elapsed = 0, 0, 0, 0.0
+    if resumed is not None:
+        done, images, skipped, elapsed = resumed["step"], resumed["images"], resumed["skipped"], resumed["elapsed_s"]
+        images = images if world.is_main else 0  # the saved count is over all processes
+        for _ in range(done):
+            next(batches)
+        s.generator.set_state(now)
+        loss_sum, acc_sum = resumed["loss_sum"].to(s.device), resumed["acc_sum"].to(s.device)
+    pending: list[tuple[int, Any, torch.Tensor]] = []  # steps since the last finiteness check
+    bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    start = time.perf_counter()
-    for i, batch in enumerate(s.method.epoch_batches(s.generator), 1):
-        if i > steps:
-            break
-        with s.autocast():
-            out = s.method.step(s.model, s.train_set, batch, s.generator)
-        s.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        s.optimizer.step()
-        loss_sum += out.loss.detach()
-        acc_sum += out.accuracy.detach()
-        images += out.images
-        if i % cfg.train.log_every == 0 or i == steps:
-            rate = images / max(time.perf_counter() - start, 1e-9)
-            post = {"loss": f"{loss_sum.item() / i:.3f}", "acc": f"{100 * acc_sum.item() / i:.1f}",
-                    "img/s": f"{rate:.0f}"}
-            if logged.get("alpha") is not None:
-                post["alpha"] = f"{logged['alpha']:.3f}"
-            bar.set_postfix(post, refresh=False)
-        bar.update(1)
-    bar.close()
+    start = time.perf_counter() - elapsed
+    try:
+        for i, batch in enumerate(batches, done + 1):
+            if i > steps:
+                break
+            with s.autocast():
+                if s.ddp is None:
+                    out = s.method.step(s.model, s.train_set, batch, s.generator)
+                else:
+                    out = s.ddp(s.method, s.train_set, batch, rank_generator(cfg.seed, epoch, i, world))
+            loss = out.loss.detach()
+            # (several processes always go through backward: a step skipped on one rank alone
+            # would stall the others; its averaged gradient is then non-finite on every rank)
+            if skip and s.ddp is None and not bool(torch.isfinite(loss)):
+                skipped += 1
+            else:
+                s.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if skip and not grads_finite(s.model):
+                    skipped += 1
+                else:
+                    s.optimizer.step()
+                    loss_sum += loss
+                    acc_sum += out.accuracy.detach()
+                    images += out.images
+                    pending.append((i, batch, loss))
+            if i % cfg.train.log_every == 0 or i == steps:
+                shown_loss, shown_acc = all_reduce_mean(torch.stack([loss_sum, acc_sum]), world).tolist()
+                if not math.isfinite(shown_loss):
+                    raise first_nonfinite(s.method.labels, epoch, steps, pending)
+                pending.clear()
+                used = max(i - skipped, 1)
+                rate = world.size * images / max(time.perf_counter() - start, 1e-9)
+                post = {"loss": f"{shown_loss / used:.3f}", "acc": f"{100 * shown_acc / used:.1f}",
+                        "img/s": f"{rate:.0f}"}
+                if logged.get("alpha") is not None:
+                    post["alpha"] = f"{logged['alpha']:.3f}"
+                bar.set_postfix(post, refresh=False)
+            bar.update(1)
+            if agree(preemption.requested() is not None, world) and i < steps:
+                loss_sum, acc_sum = all_reduce_mean(torch.stack([loss_sum, acc_sum]), world).unbind()
+                if not math.isfinite(loss_sum.item()):
+                    raise first_nonfinite(s.method.labels, epoch, steps, pending)
+                images = int(all_reduce_sum(torch.tensor(images), world))
+                s.partial = {"epoch": epoch, "step": i, "steps": steps, "generator_start": epoch_start,
+                             "loss_sum": loss_sum.cpu(), "acc_sum": acc_sum.cpu(), "images": images,
+                             "skipped": skipped, "elapsed_s": time.perf_counter() - start}
+                raise Preempted(f"at epoch {epoch}, step {i}/{steps}")
+    finally:
+        bar.close()
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     epoch_s = time.perf_counter() - start
+    if skipped == steps:
+        raise NonFiniteLoss(f"every step of epoch {epoch} had a non-finite loss or gradient")
+    used = steps - skipped
+    loss_sum, acc_sum = all_reduce_mean(torch.stack([loss_sum, acc_sum]), world).tolist()
+    images = int(all_reduce_sum(torch.tensor(images), world))
     return {"epoch": epoch, "alpha": logged.get("alpha"), "lr": lr,
-            "train_loss": loss_sum.item() / steps, "train_acc": 100.0 * acc_sum.item() / steps,
-            "val_top1": None, "images_per_s": images / max(epoch_s, 1e-9), "epoch_s": epoch_s}
+            "train_loss": loss_sum / used, "train_acc": 100.0 * acc_sum / used,
+            "val_top1": None, "images_per_s": images / max(epoch_s, 1e-9), "epoch_s": epoch_s,
+            "skipped_steps": skipped}
 
 
 def _log_line(row: dict[str, Any], epochs: int) -> str:
@@ -191,35 +265,89 @@ def _tensorboard(run: RunDir, enabled: bool) -> Any:
     return SummaryWriter(log_dir=str(run.tensorboard))
 
 
+def _position(s: Session) -> str:
+    """Where the state of `s` stands, for messages."""
+    if s.partial is not None:
+        return f"at epoch {s.partial['epoch']}, step {s.partial['step']}/{s.partial['steps']}"
+    return f"after epoch {s.epoch}"
+
+
 def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, Any]:
-    """Train from `s.epoch` to the configured number of epochs, writing the run folder."""
-    cfg = s.cfg
-    writer = _tensorboard(run, cfg.train.tensorboard)
-    while s.epoch < cfg.train.epochs:
-        row = train_epoch(s, progress)
-        s.epoch = row["epoch"]
-        s.train_s += row["epoch_s"]
-        is_best = False
-        if s.epoch % cfg.train.eval_every == 0 or s.epoch == cfg.train.epochs:
-            with s.autocast():
-                row["val_top1"] = evaluate(s.model, s.test_set, s.data.class_counts, cfg.train.eval_batch_size)["top1"]
-            is_best = row["val_top1"] > s.best_top1
-            if is_best:
-                s.best_top1, s.best_epoch = row["val_top1"], s.epoch
-        s.history.append(row)
-        state = _state(s)
-        if is_best:
-            save_checkpoint(state, run.best)
-        save_checkpoint(state, run.last)
+    """Train from `s.epoch` to the configured number of epochs, writing the run folder.
+
+    SIGTERM / SIGINT stop it after the current step with last.pt written and `Preempted`
+    raised; a non-finite loss (train.on_nonfinite=stop) ends it with a BBNError naming the
+    step and the last good checkpoint. With several processes, rank 0 alone evaluates and
+    writes; the others train their shares and return {}.
+    """
+    cfg, main = s.cfg, s.world.is_main
+    if not main:
+        progress, log = False, _quiet
+    for images in (s.train_set, s.test_set):  # unreadable image files are listed there
+        images.set_skip_log(run.skipped_images if main else None)
+    if s.history and main:  # metrics.jsonl agrees with last.pt, whatever moment a kill hit
         write_metrics(run.metrics, s.history)
+    saved = _position(s) if run.last.is_file() else None
+    writer = _tensorboard(run, cfg.train.tensorboard and main)
+    try:
+        with preemption.stop_requests():
+            try:
+                while s.epoch < cfg.train.epochs:
+                    if agree(preemption.requested() is not None, s.world):
+                        raise Preempted(f"after epoch {s.epoch}")
+                    row = train_epoch(s, progress)
+                    saved = _end_epoch(s, run, row, writer)
+                    log(_log_line(row, cfg.train.epochs))
+            except Preempted as stop:
+                if main:
+                    save_checkpoint(_state(s), run.last, keep_previous=True)
+                name = signal.Signals(preemption.requested() or signal.SIGTERM).name
+                raise Preempted(f"stopped by {name} {stop}; wrote {run.last}; continue with "
+                                f"'bbn train --resume {run.root}'") from None
+            return finish(s, run)
+    except NonFiniteLoss as exc:
+        where = f"'{run.last}' ({saved})" if saved else "none (no checkpoint was written yet)"
+        fix = "lower train.lr" + ("" if cfg.train.on_nonfinite == "skip" else
+                                  ", or set train.on_nonfinite=skip to skip such steps")
+        raise NonFiniteLoss(f"{exc}; last good checkpoint: {where}; {fix}") from None
+    finally:
         if writer is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    writer.add_scalar(key, value, s.epoch)
-        log(_log_line(row, cfg.train.epochs))
+            writer.close()
+
+
+def _quiet(*_: Any) -> None:
+    """The log of ranks other than 0."""
+
+
+def _end_epoch(s: Session, run: RunDir, row: dict[str, Any], writer: Any) -> str:
+    """Evaluate when due, then write best.pt, last.pt and metrics.jsonl (rank 0; the other
+    ranks wait); returns where last.pt stands."""
+    cfg = s.cfg
+    s.epoch = row["epoch"]
+    s.train_s += row["epoch_s"]
+    if not s.world.is_main:
+        s.history.append(row)
+        barrier(s.world)
+        return _position(s)
+    is_best = False
+    if s.epoch % cfg.train.eval_every == 0 or s.epoch == cfg.train.epochs:
+        with s.autocast():
+            row["val_top1"] = evaluate(s.model, s.test_set, s.data.class_counts, cfg.train.eval_batch_size)["top1"]
+        is_best = row["val_top1"] > s.best_top1
+        if is_best:
+            s.best_top1, s.best_epoch = row["val_top1"], s.epoch
+    s.history.append(row)
+    state = _state(s)
+    if is_best:
+        save_checkpoint(state, run.best)
+    save_checkpoint(state, run.last, keep_previous=True)
+    write_metrics(run.metrics, s.history)
     if writer is not None:
-        writer.close()
-    return finish(s, run)
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, s.epoch)
+    barrier(s.world)
+    return _position(s)
 
 
 def versions() -> dict[str, str]:
@@ -234,7 +362,9 @@ def versions() -> dict[str, str]:
 
 def finish(s: Session, run: RunDir) -> dict[str, Any]:
     """final.json (last-epoch metrics plus the best epoch's top-1, the classifier weight
-    norms and, for BBN, each branch alone) and report.md."""
+    norms and, for BBN, each branch alone) and report.md; rank 0 alone ({} elsewhere)."""
+    if not s.world.is_main:
+        return {}
     with s.autocast():
         final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     final.update(best_top1=s.best_top1, best_epoch=s.best_epoch, class_counts=s.data.class_counts,
@@ -245,19 +375,38 @@ def finish(s: Session, run: RunDir) -> dict[str, Any]:
         branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     if branches is not None:
         final["branches"] = branches
-    write_json(run.final, final)
     write_report(run.root, final, s.history, s.cfg.to_dict())
+    write_json(run.final, final)  # last: final.json marks a finished run
     return final
 
 
 def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
     """A new run: everything is validated before the run folder is created."""
     session = build_session(cfg)
-    run = create_run_dir(out if out is not None else default_run_path(cfg), cfg)
+    run = _create_shared_run_dir(session.world, out if out is not None else default_run_path(cfg), cfg)
+    if not session.world.is_main:
+        return run, fit(session, run, progress, log)
     log(f"run folder: {run.root}  ({len(session.data.train)} training images, "
         f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
         f"device {session.device})")
-    return run, fit(session, run, progress, log)
+    with stopped_run(run, fresh=True):  # an error before the first last.pt removes the folder again
+        return run, fit(session, run, progress, log)
+
+
+def _create_shared_run_dir(world: World, path: str | Path, cfg: Config) -> RunDir:
+    """Rank 0 creates the run folder; every rank gets its path, or rank 0's error."""
+    made: tuple[str | None, str] = (None, str(path))
+    run = None
+    if world.is_main:
+        try:
+            run = create_run_dir(path, cfg)  # knows which folders it made (removed again on an early error)
+            made = (None, str(run.root))
+        except BBNError as exc:
+            made = (str(exc), str(path))
+    error, root = broadcast_object(made, world)
+    if error is not None:
+        raise BBNError(error)
+    return run if run is not None else RunDir(root)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -266,14 +415,16 @@ def continue_run(cfg: Config, out: str | Path, progress: bool = True,
     stopped one resumed, one that never finished an epoch (or none) started afresh. A folder
     made with a config that learns something else is an error."""
     run = RunDir(out)
+    world, _ = init_world(cfg.train.device)
     if run.root.is_dir() and run.config.is_file() and not never_trained(run):
         check_same_config(run, cfg)
         if run.final.is_file():
             log(f"reusing the finished run {run.root}")
-            return run, json.loads(run.final.read_text())
+            return run, json.loads(run.final.read_text()) if world.is_main else {}
         return resume_run(run.root, progress=progress, log=log)
-    if run.root.is_dir() and run.config.is_file():
-        shutil.rmtree(run.root)
+    barrier(world)  # every rank has looked before rank 0 removes a folder that never trained
+    if world.is_main and run.root.is_dir() and any(run.root.iterdir()) and never_trained(run):
+        shutil.rmtree(run.root)  # made, but stopped before its first checkpoint: nothing to keep
     return start_run(cfg, run.root, progress=progress, log=log)
 
 
@@ -286,9 +437,14 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
         raise BBNError(f"'{run.root}' has no checkpoints/last.pt to resume from; start it again with bbn train --out")
     cfg = build_config(read_yaml(run.config))
     payload = load_checkpoint(run.last)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, expected {CHECKPOINT_FORMAT}")
+    if payload.get("format") not in RESUMABLE_FORMATS:
+        raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
+                       f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
     session = build_session(cfg)
     _restore(session, payload)
-    log(f"resuming {run.root} after epoch {session.epoch}/{cfg.train.epochs}")
-    return run, fit(session, run, progress, log)
+    if not session.world.is_main:
+        log = _quiet
+    where = _position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
+    log(f"resuming {run.root} {where}")
+    with stopped_run(run, fresh=False):
+        return run, fit(session, run, progress, log)

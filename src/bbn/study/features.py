@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from bbn.config import Config
-from bbn.data.loader import DeviceImages
+from bbn.data.loader import DeviceImages, create_image_set
 from bbn.errors import BBNError
 from bbn.evaluate import infer, load_run as load_checkpoint_run
 from bbn.models import BilateralModel
@@ -78,8 +78,8 @@ def load_run(path: str | Path) -> TrainedRun:
     return TrainedRun(
         root=run.root, cfg=cfg, model=loaded.model.eval(), epoch=int(loaded.payload.get("epoch", 0)),
         device=device, class_counts=data.class_counts,
-        train_set=DeviceImages.create(data.train, data.mean, data.std, device),
-        test_set=DeviceImages.create(data.test, data.mean, data.std, device),
+        train_set=create_image_set(data.train, cfg, data.mean, data.std, device, split="train"),
+        test_set=create_image_set(data.test, cfg, data.mean, data.std, device, split="test"),
     )
 
 
