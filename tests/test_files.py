@@ -301,6 +301,11 @@ def test_bbn_train_on_an_image_folder(folder: Path, tmp_path: Path, capsys: pyte
     assert len(skipped) == 1 and skipped[0].split("\t")[1] == str(folder / "class0" / "003.jpg")
     assert main(["eval", str(run)]) == 0
     assert 0.0 <= json.loads((run / "eval.json").read_text())["top1"] <= 100.0
+    # --strict: the same broken image ends the run with one line, and no run folder is left
+    strict = tmp_path / "strict"
+    assert_bad_input([*[a if a != str(run) else str(strict) for a in args], "--strict"], capsys,
+                     "003.jpg", "data.strict=false")
+    assert not strict.exists()
 
 
 def test_bbn_train_refuses_bad_file_settings(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

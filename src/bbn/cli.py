@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.out:
             raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
         config, overrides = _split_args(args.items)
+        overrides += ["data.strict=true"] if args.strict else []
         run, final = continue_run(load_config(config, overrides), args.out, progress=progress)
     elif args.resume:
         if args.items or args.out:
@@ -65,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         run, final = resume_run(args.resume, progress=progress)
     else:
         config, overrides = _split_args(args.items)
+        overrides += ["data.strict=true"] if args.strict else []
         cfg = load_config(config, overrides)
         run, final = start_run(cfg, args.out, progress=progress)
     if not final:  # a rank other than 0 under torchrun: rank 0 reports
@@ -246,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in folder RUN; 'auto' with CONFIG and --out: continue the run in "
                         "--out if it has the same config, reuse it if finished, else start it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="an unreadable image file is an error, not a skipped and listed one (data.strict=true)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
