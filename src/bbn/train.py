@@ -89,8 +89,9 @@ def check_names(cfg: Config) -> None:
     resolve_device(cfg.train.device)
 
 
-def build_session(cfg: Config) -> Session:
-    """Seed, load and check the data, build model, method and optimiser (no side effects)."""
+def build_session(cfg: Config, pretrained: bool = True) -> Session:
+    """Seed, load and check the data, build model, method and optimiser (no side effects).
+    `pretrained=False` skips `model.pretrained` (a resumed run's weights come from last.pt)."""
     check_names(cfg)
     world, device_name = init_world(cfg.train.device)
     check_batch(cfg.train.batch_size, world)
@@ -105,7 +106,7 @@ def build_session(cfg: Config) -> Session:
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
     model = create_model(cfg.model.name, data.train.num_classes, data.train.channels,
-                         pretrained=cfg.model.pretrained)
+                         pretrained=cfg.model.pretrained if pretrained else None)
     method = METHODS.get(cfg.method.name)(cfg, data.train.labels, data.train.num_classes)
     method.check_model(model)
     fmt = memory_format(cfg.train.channels_last)
@@ -440,7 +441,7 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
     if payload.get("format") not in RESUMABLE_FORMATS:
         raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
                        f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
-    session = build_session(cfg)
+    session = build_session(cfg, pretrained=False)
     _restore(session, payload)
     if not session.world.is_main:
         log = _quiet
