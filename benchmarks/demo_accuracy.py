@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bbn.config import load_config
 from bbn.reproduce import mean_std
-from bbn.train import start_run
+from bbn.runner import start_run
 from throughput import append_results
 
 PRESETS = ("digits_bbn", "digits_ce")

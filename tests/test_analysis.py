@@ -22,7 +22,7 @@ from bbn.data.loader import DeviceImages
 from bbn.errors import BBNError
 from bbn.evaluate import evaluate, evaluate_branches, predict, predict_branch
 from bbn.models import create_model
-from bbn.train import start_run
+from bbn.runner import start_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["train.epochs=1", "train.threads=1", "train.tensorboard=false"]

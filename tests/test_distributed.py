@@ -22,7 +22,7 @@ from bbn.distributed import (SINGLE, World, check_batch, data_parallel, rank_gen
 from bbn.errors import EXIT_PREEMPTED, BBNError
 from bbn.methods import METHODS
 from bbn.runs import RunDir, read_metrics
-from bbn.train import start_run
+from bbn.runner import start_run
 
 
 def test_world_from_env_reads_torchrun_variables():

@@ -326,7 +326,7 @@ def test_a_file_run_stopped_mid_epoch_resumes_to_the_same_weights(folder: Path, 
     from bbn import preemption
     from bbn.checkpoint import load_checkpoint
     from bbn.errors import Preempted
-    from bbn.train import resume_run, start_run
+    from bbn.runner import resume_run, start_run
 
     cfg = folder_cfg(folder)
     quiet = lambda _line: None  # noqa: E731

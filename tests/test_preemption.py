@@ -14,14 +14,14 @@ import pytest
 from cli_checks import assert_bad_input
 from kill_harness import differences
 
-from bbn import preemption, train
+from bbn import preemption, runner
 from bbn.checkpoint import load_checkpoint, previous_path
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.errors import EXIT_PREEMPTED
 from bbn.methods.bbn import BBN
 from bbn.runs import RunDir, read_metrics
-from bbn.train import start_run
+from bbn.runner import start_run
 
 # digits-LT with a head class of 60 images: 201 training images, 6 steps an epoch, 4 epochs
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",
@@ -104,14 +104,14 @@ def test_resume_auto_starts_a_missing_or_never_trained_run(tmp_path: Path) -> No
 def test_a_signal_before_training_stops_it_as_it_starts(reference: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    real_build = train.build_session
+    real_build = runner.build_session
 
     def build_then_signal(cfg):
         session = real_build(cfg)
         os.kill(os.getpid(), signal.SIGTERM)  # while the data and model are being made
         return session
 
-    monkeypatch.setattr(train, "build_session", build_then_signal)
+    monkeypatch.setattr(runner, "build_session", build_then_signal)
     out = tmp_path / "early"
     assert main(["train", "digits_bbn", *TINY, "--no-progress", "--out", str(out)]) == EXIT_PREEMPTED
     assert "stopped by SIGTERM after epoch 0;" in capsys.readouterr().err

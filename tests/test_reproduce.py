@@ -12,7 +12,7 @@ from bbn.errors import BBNError
 from bbn.paper import PAPER_TOP1_ERROR, paper_error
 from bbn.reproduce import Job, expand_configs, parse_grid, plan, render, reproduce, summarize
 from bbn.runs import RunDir
-from bbn.train import start_run
+from bbn.runner import start_run
 
 QUICK = ["train.epochs=1", "train.tensorboard=false", "train.threads=1"]
 

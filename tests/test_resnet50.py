@@ -12,7 +12,7 @@ import torchvision
 from bbn.config import build_config
 from bbn.errors import BBNError
 from bbn.models import MODELS, BilateralModel, create_model, num_params
-from bbn.train import start_run
+from bbn.runner import start_run
 
 ATOL = 1e-4
 

@@ -24,7 +24,7 @@ from bbn.study import frozen_features, load_run, retrain_classifier, retrain_run
 from bbn.study.classifier import LWSHead, Stage2, stage2_batches, tau_normalized_weights
 from bbn.study.features import extract_features
 from bbn.study.two_stage import stage1_config
-from bbn.train import start_run
+from bbn.runner import start_run
 
 FAST = ["train.tensorboard=false", "train.threads=1"]
 # CE on digits-LT, a short schedule that ends at a low LR: a usable representation in seconds.

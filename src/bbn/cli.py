@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from bbn.config import load_config
-    from bbn.train import continue_run, resume_run, start_run
+    from bbn.runner import continue_run, resume_run, start_run
 
     progress = not args.no_progress
     if args.resume == "auto":

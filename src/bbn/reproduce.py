@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 from bbn.config import Config, load_config, parse_override, preset_names
 from bbn.errors import BBNError
 from bbn.paper import METHOD_LABELS, method_label, paper_error
-from bbn.train import check_names, continue_run
+from bbn.runner import continue_run
+from bbn.train import check_names
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
 

@@ -1,18 +1,16 @@
-"""The training loop: epochs, SGD, the warm-up multi-step schedule, evaluation, the run
-folder and resume. Nothing here is method-specific: the method gives the loss."""
+"""The training loop: epochs, SGD, the warm-up multi-step schedule, evaluation, checkpoints
+and metrics in the run folder (bbn.runner starts, continues and resumes runs). Nothing here
+is method-specific: the method gives the loss."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
-import shutil
 import random
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ContextManager
 
 import numpy as np
@@ -22,14 +20,14 @@ from tqdm import tqdm
 
 from bbn.analysis import classifier_weight_norms
 from bbn import preemption
-from bbn.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from bbn.config import Config, build_config, read_yaml
+from bbn.checkpoint import rng_states, save_checkpoint, set_rng_states
+from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
-from bbn.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
-                             check_batch, data_parallel, init_world, rank_generator, shard_batches)
-from bbn.errors import BBNError, Preempted
+from bbn.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, check_batch,
+                             data_parallel, init_world, rank_generator, shard_batches)
+from bbn.errors import Preempted
 from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
 from bbn.models import create_model, num_params
@@ -37,8 +35,7 @@ from bbn.nonfinite import NonFiniteLoss, first_nonfinite, grads_finite
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
-from bbn.runs import (RunDir, check_same_config, create_run_dir, default_run_path, never_trained, stopped_run,
-                      write_json, write_metrics)
+from bbn.runs import RunDir, write_json, write_metrics
 
 # 2: + Python/NumPy RNG states and `partial` (a mid-epoch position); 1 still resumes.
 CHECKPOINT_FORMAT = 2
@@ -134,7 +131,7 @@ def _state(s: Session) -> dict[str, Any]:
     }
 
 
-def _restore(s: Session, payload: dict[str, Any]) -> None:
+def restore(s: Session, payload: dict[str, Any]) -> None:
     s.model.load_state_dict(payload["model"])
     s.optimizer.load_state_dict(payload["optimizer"])
     s.generator.set_state(payload["generator"])
@@ -266,7 +263,7 @@ def _tensorboard(run: RunDir, enabled: bool) -> Any:
     return SummaryWriter(log_dir=str(run.tensorboard))
 
 
-def _position(s: Session) -> str:
+def position(s: Session) -> str:
     """Where the state of `s` stands, for messages."""
     if s.partial is not None:
         return f"at epoch {s.partial['epoch']}, step {s.partial['step']}/{s.partial['steps']}"
@@ -283,12 +280,12 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
     """
     cfg, main = s.cfg, s.world.is_main
     if not main:
-        progress, log = False, _quiet
+        progress, log = False, quiet_log
     for images in (s.train_set, s.test_set):  # unreadable image files are listed there
         images.set_skip_log(run.skipped_images if main else None)
     if s.history and main:  # metrics.jsonl agrees with last.pt, whatever moment a kill hit
         write_metrics(run.metrics, s.history)
-    saved = _position(s) if run.last.is_file() else None
+    saved = position(s) if run.last.is_file() else None
     writer = _tensorboard(run, cfg.train.tensorboard and main)
     try:
         with preemption.stop_requests():
@@ -316,7 +313,7 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
             writer.close()
 
 
-def _quiet(*_: Any) -> None:
+def quiet_log(*_: Any) -> None:
     """The log of ranks other than 0."""
 
 
@@ -329,7 +326,7 @@ def _end_epoch(s: Session, run: RunDir, row: dict[str, Any], writer: Any) -> str
     if not s.world.is_main:
         s.history.append(row)
         barrier(s.world)
-        return _position(s)
+        return position(s)
     is_best = False
     if s.epoch % cfg.train.eval_every == 0 or s.epoch == cfg.train.epochs:
         with s.autocast():
@@ -348,7 +345,7 @@ def _end_epoch(s: Session, run: RunDir, row: dict[str, Any], writer: Any) -> str
             if key != "epoch" and value is not None:
                 writer.add_scalar(key, value, s.epoch)
     barrier(s.world)
-    return _position(s)
+    return position(s)
 
 
 def versions() -> dict[str, str]:
@@ -379,73 +376,3 @@ def finish(s: Session, run: RunDir) -> dict[str, Any]:
     write_report(run.root, final, s.history, s.cfg.to_dict())
     write_json(run.final, final)  # last: final.json marks a finished run
     return final
-
-
-def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
-    """A new run: everything is validated before the run folder is created."""
-    session = build_session(cfg)
-    run = _create_shared_run_dir(session.world, out if out is not None else default_run_path(cfg), cfg)
-    if not session.world.is_main:
-        return run, fit(session, run, progress, log)
-    log(f"run folder: {run.root}  ({len(session.data.train)} training images, "
-        f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
-        f"device {session.device})")
-    with stopped_run(run, fresh=True):  # an error before the first last.pt removes the folder again
-        return run, fit(session, run, progress, log)
-
-
-def _create_shared_run_dir(world: World, path: str | Path, cfg: Config) -> RunDir:
-    """Rank 0 creates the run folder; every rank gets its path, or rank 0's error."""
-    made: tuple[str | None, str] = (None, str(path))
-    run = None
-    if world.is_main:
-        try:
-            run = create_run_dir(path, cfg)  # knows which folders it made (removed again on an early error)
-            made = (None, str(run.root))
-        except BBNError as exc:
-            made = (str(exc), str(path))
-    error, root = broadcast_object(made, world)
-    if error is not None:
-        raise BBNError(error)
-    return run if run is not None else RunDir(root)
-
-
-def continue_run(cfg: Config, out: str | Path, progress: bool = True,
-                 log=print) -> tuple[RunDir, dict[str, Any]]:
-    """The run of `cfg` in folder `out`, whatever state it is in: a finished one is reused, a
-    stopped one resumed, one that never finished an epoch (or none) started afresh. A folder
-    made with a config that learns something else is an error."""
-    run = RunDir(out)
-    world, _ = init_world(cfg.train.device)
-    if run.root.is_dir() and run.config.is_file() and not never_trained(run):
-        check_same_config(run, cfg)
-        if run.final.is_file():
-            log(f"reusing the finished run {run.root}")
-            return run, json.loads(run.final.read_text()) if world.is_main else {}
-        return resume_run(run.root, progress=progress, log=log)
-    barrier(world)  # every rank has looked before rank 0 removes a folder that never trained
-    if world.is_main and run.root.is_dir() and any(run.root.iterdir()) and never_trained(run):
-        shutil.rmtree(run.root)  # made, but stopped before its first checkpoint: nothing to keep
-    return start_run(cfg, run.root, progress=progress, log=log)
-
-
-def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
-    """Continue a stopped run from its last.pt with its own config, to the same result."""
-    run = RunDir(path)
-    if not run.config.is_file():
-        raise BBNError(f"'{run.root}' is not a run folder (no config.yaml); pass the folder bbn train wrote")
-    if not run.last.is_file():
-        raise BBNError(f"'{run.root}' has no checkpoints/last.pt to resume from; start it again with bbn train --out")
-    cfg = build_config(read_yaml(run.config))
-    payload = load_checkpoint(run.last)
-    if payload.get("format") not in RESUMABLE_FORMATS:
-        raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
-                       f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
-    session = build_session(cfg, pretrained=False)
-    _restore(session, payload)
-    if not session.world.is_main:
-        log = _quiet
-    where = _position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
-    log(f"resuming {run.root} {where}")
-    with stopped_run(run, fresh=False):
-        return run, fit(session, run, progress, log)

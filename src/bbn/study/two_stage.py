@@ -23,7 +23,7 @@ from bbn.methods import METHODS
 from bbn.runs import RunDir, write_json
 from bbn.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
 from bbn.study.features import frozen_features, load_run
-from bbn.train import continue_run
+from bbn.runner import continue_run
 
 MANNERS = ("ce", "rw", "rs")  # representation manners (rows) and classifier manners (columns)
 STAGE1_MODEL = "resnet32"
