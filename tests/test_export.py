@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from bbn.checkpoint import save_checkpoint
+from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
 from bbn.config import build_config
 from bbn.models import create_model
 from bbn.predict import InputSpec
-from bbn.train import CHECKPOINT_FORMAT
 from cli_checks import assert_bad_input
 
 PARITY = 1e-4

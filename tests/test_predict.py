@@ -13,14 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bbn.checkpoint import save_checkpoint
+from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
 from bbn.config import build_config
 from bbn.data.prepare import prepare_data
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.models import create_model
 from bbn.predict import InputSpec, load_predictor, predict_files
-from bbn.train import CHECKPOINT_FORMAT
 from cli_checks import assert_bad_input
 from image_files import image_folder
 

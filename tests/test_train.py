@@ -9,12 +9,11 @@ import pytest
 import torch
 import yaml
 
-from bbn.checkpoint import load_checkpoint
+from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from bbn.config import load_config
 from bbn.runs import RunDir, read_metrics
 from bbn.errors import BBNError
 from bbn.runner import continue_run, resume_run, start_run
-from bbn.train import CHECKPOINT_FORMAT
 
 # A tiny digits-LT run: ~500 training images of 8x8, 4 epochs of ~15 steps.
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",

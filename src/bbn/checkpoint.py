@@ -26,9 +26,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bbn.errors import BBNError
+from bbn.errors import BBNError, first_line
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
+# The state dict's own layout. 2: + Python/NumPy RNG states and `partial` (a mid-epoch
+# position); 1 still resumes.
+CHECKPOINT_FORMAT = 2
+RESUMABLE_FORMATS = (1, 2)
 
 
 class CorruptCheckpoint(BBNError):
@@ -127,17 +131,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
     _fsync_dir(path.parent)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
-
-
 def _read(path: Path) -> dict[str, Any]:
     """The state dict in `path`; CorruptCheckpoint when it is unreadable or fails its checksum."""
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({_first_line(exc)})") from None
+        raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({first_line(exc)})") from None
     if isinstance(outer, dict) and "bbn_checkpoint" in outer:
         if outer["bbn_checkpoint"] != FILE_FORMAT:
             raise BBNError(f"checkpoint '{path}' has file format {outer['bbn_checkpoint']!r}, this bbn reads "
@@ -149,7 +148,7 @@ def _read(path: Path) -> dict[str, Any]:
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({_first_line(exc)})") from None
+            raise CorruptCheckpoint(f"checkpoint '{path}' cannot be read ({first_line(exc)})") from None
     else:
         payload = outer  # file format 1: the state dict itself, without a checksum
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:

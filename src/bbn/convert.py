@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbn.checkpoint import save_checkpoint
+from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.config import Config, build_config, load_config
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from bbn.errors import BBNError
+from bbn.errors import BBNError, first_line
 from bbn.models import MODELS, create_model
 from bbn.models.resnet50 import ResNet50Backbone
 from bbn.predict import InputSpec
@@ -54,11 +54,6 @@ REFERENCE_INPUT = {
 }
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
-
-
 def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict without `module.` prefixes, {"epoch", "best_result", "best_epoch"}) of a
     reference checkpoint; a bare state dict is accepted too."""
@@ -69,7 +64,7 @@ def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise BBNError(f"checkpoint '{path}' cannot be read safely ({_reason(exc)}); save its state_dict "
+        raise BBNError(f"checkpoint '{path}' cannot be read safely ({first_line(exc, 160)}); save its state_dict "
                        "alone with torch.save(ckpt['state_dict'], PATH) and import that") from None
     if not isinstance(raw, dict):
         raise BBNError(f"checkpoint '{path}' holds a {type(raw).__name__}, not a reference checkpoint; "
@@ -153,7 +148,7 @@ def read_class_names(path: str | Path, num_classes: int) -> list[str]:
     try:
         names = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BBNError(f"--class-names '{path}' cannot be read ({_reason(exc)}); give a UTF-8 text file") from None
+        raise BBNError(f"--class-names '{path}' cannot be read ({first_line(exc, 160)}); give a UTF-8 text file") from None
     names = [n.strip() for n in names]
     if len(names) != num_classes:
         raise BBNError(f"--class-names '{path}' has {len(names)} lines for {num_classes} classes; "
@@ -167,7 +162,6 @@ def import_reference(checkpoint: str | Path, out: str | Path, model_name: str | 
                      ) -> dict[str, Any]:
     """Convert a reference checkpoint and write it to `out` as a bbn checkpoint; returns a
     summary (model, classes, parameters, reference epoch and best result, data config)."""
-    from bbn.train import CHECKPOINT_FORMAT
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():

@@ -65,22 +65,25 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
 
 
 def init_world(device_name: str) -> tuple[World, str]:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA) and return this
-    process's World and the device it trains on ('cuda:LOCAL_RANK' when CUDA is used)."""
+    """Join the process group torchrun set up and return this process's World and the device
+    it trains on ('cuda:LOCAL_RANK' when CUDA is used). Gloo carries the small CPU tensors
+    the ranks agree on (stop requests, counts); NCCL the CUDA gradients."""
+    from bbn.evaluate import resolve_device
+
     world = world_from_env()
     if not world.distributed:
         return world, device_name
-    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device_name).type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available() or world.local_rank >= torch.cuda.device_count():
+        if world.local_rank >= torch.cuda.device_count():
             raise BBNError(f"rank {world.rank} needs CUDA device {world.local_rank}, which this node does not have; "
                            "start at most one process per GPU (torchrun --nproc-per-node)")
         torch.cuda.set_device(world.local_rank)
         device_name = f"cuda:{world.local_rank}"
-    elif device_name == "auto":
+    else:
         device_name = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
     return world, device_name
 
 
@@ -131,11 +134,7 @@ def agree(flag: bool, world: World) -> bool:
 
 def all_reduce_mean(values: torch.Tensor, world: World) -> torch.Tensor:
     """The mean of `values` over the ranks (itself for a single process)."""
-    if not world.distributed:
-        return values
-    out = values.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / world.size
+    return all_reduce_sum(values, world) / world.size
 
 
 def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:

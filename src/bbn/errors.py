@@ -11,6 +11,13 @@ class BBNError(Exception):
         super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (its type when empty), cut to `limit`: how a
+    library error is quoted inside a one-line BBNError."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class Preempted(Exception):
     """Training stopped on SIGTERM or SIGINT after writing checkpoints/last.pt; the message
     names the point and how to continue. The CLI prints it and exits with EXIT_PREEMPTED."""

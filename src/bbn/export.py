@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from bbn.errors import BBNError
-from bbn.predict import Predictor, load_predictor, publish
+from bbn.predict import Predictor, load_predictor
+from bbn.runs import publish
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17

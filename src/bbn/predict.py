@@ -16,9 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,7 +32,7 @@ from bbn.data.transforms import ImageReadError, read_image
 from bbn.errors import BBNError
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
-from bbn.runs import RunDir
+from bbn.runs import RunDir, write_text_atomically
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -262,15 +260,6 @@ def check_output(out: str | Path) -> Path:
     return out
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """Give the finished temporary file the usual permissions (0666 less the umask; temporary
-    files are private) and rename it over `out`."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, out)
-
-
 def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Predictor) -> None:
     """CSV (one row per image and rank) or JSON, by `out`'s extension, written atomically."""
     out = check_output(out)
@@ -279,14 +268,7 @@ def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Pre
     else:
         text = json.dumps({"checkpoint": str(predictor.checkpoint), "model": predictor.cfg.model.name,
                            "predictions": results}, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        publish(Path(tmp), out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(out, text)
 
 
 def predict_command(target: str | Path, images: Sequence[str | Path], topk: int = 5,

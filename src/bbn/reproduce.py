@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -20,6 +19,7 @@ from bbn.config import Config, load_config, parse_override, preset_names
 from bbn.errors import BBNError
 from bbn.paper import METHOD_LABELS, method_label, paper_error
 from bbn.runner import continue_run
+from bbn.runs import write_json
 from bbn.train import check_names
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
@@ -213,7 +213,7 @@ def reproduce(patterns: Sequence[str], seeds: int, overrides: Sequence[str], gri
     summary = summarize(jobs, finals)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "results.json", summary)
         (out / "results.md").write_text(render(summary, seeds, command))
     except OSError as exc:
         raise BBNError(f"cannot write the results into '{out}' ({exc.strerror or exc}); "

@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bbn.checkpoint import load_checkpoint
+from bbn.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.distributed import World, barrier, broadcast_object, init_world
 from bbn.errors import BBNError
 from bbn.models import num_params
 from bbn.runs import RunDir, check_same_config, create_run_dir, default_run_path, never_trained, stopped_run
-from bbn.train import RESUMABLE_FORMATS, build_session, fit, position, quiet_log, restore
+from bbn.train import build_session, fit, position, quiet_log, restore
 
 
 def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:

@@ -103,7 +103,16 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
+def publish(tmp: Path, out: Path) -> None:
+    """Give a finished temporary file the usual permissions (0666 less the umask; temporary
+    files are private) and rename it over `out`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, out)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
     """`path` is the old file or the whole new one; a failed write leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -116,12 +125,12 @@ def _write_text_atomically(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file + rename)."""
-    _write_text_atomically(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
-    _write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in history))
+    write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def discard_run(run: RunDir) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bbn.analysis import classifier_weight_norms
 from bbn import preemption
-from bbn.checkpoint import rng_states, save_checkpoint, set_rng_states
+from bbn.checkpoint import CHECKPOINT_FORMAT, rng_states, save_checkpoint, set_rng_states
 from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
@@ -36,10 +36,6 @@ from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
 from bbn.runs import RunDir, write_json, write_metrics
-
-# 2: + Python/NumPy RNG states and `partial` (a mid-epoch position); 1 still resumes.
-CHECKPOINT_FORMAT = 2
-RESUMABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -213,8 +209,7 @@ def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dic
                 rate = world.size * images / max(time.perf_counter() - start, 1e-9)
                 post = {"loss": f"{shown_loss / used:.3f}", "acc": f"{100 * shown_acc / used:.1f}",
                         "img/s": f"{rate:.0f}"}
-                if logged.get("alpha") is not None:
-                    post["alpha"] = f"{logged['alpha']:.3f}"
+                post.update({key: f"{value:.3f}" for key, value in logged.items() if value is not None})
                 bar.set_postfix(post, refresh=False)
             bar.update(1)
             if agree(preemption.requested() is not None, world) and i < steps:
@@ -236,7 +231,7 @@ def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dic
     used = steps - skipped
     loss_sum, acc_sum = all_reduce_mean(torch.stack([loss_sum, acc_sum]), world).tolist()
     images = int(all_reduce_sum(torch.tensor(images), world))
-    return {"epoch": epoch, "alpha": logged.get("alpha"), "lr": lr,
+    return {"epoch": epoch, "alpha": None, **logged, "lr": lr,
             "train_loss": loss_sum / used, "train_acc": 100.0 * acc_sum / used,
             "val_top1": None, "images_per_s": images / max(epoch_s, 1e-9), "epoch_s": epoch_s,
             "skipped_steps": skipped}

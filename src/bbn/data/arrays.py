@@ -19,7 +19,7 @@ import torch
 
 from bbn.config import DataConfig
 from bbn.data.sources import SOURCES, LabeledImages, Splits
-from bbn.errors import BBNError
+from bbn.errors import BBNError, first_line
 from bbn.registry import closest
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -27,11 +27,6 @@ NAMES_KEY = "class_names"
 CHANNELS = (1, 3)
 MIN_SIDE = 4
 _SAVE_HINT = "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -43,10 +38,10 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
     except OSError as exc:
-        raise BBNError(f"cannot read '{path}': {exc.strerror or _reason(exc)}; check the file and its "
+        raise BBNError(f"cannot read '{path}': {exc.strerror or first_line(exc)}; check the file and its "
                        "permissions") from None
     except Exception as exc:  # numpy raises many types for foreign or truncated files
-        reason = "it holds pickled data, which is never loaded" if "pickle" in str(exc) else _reason(exc)
+        reason = "it holds pickled data, which is never loaded" if "pickle" in str(exc) else first_line(exc)
         raise BBNError(f"'{path}' is not an .npz archive ({reason}); {_SAVE_HINT}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise BBNError(f"'{path}' holds a single array, not an .npz archive of named arrays; {_SAVE_HINT}")
@@ -68,10 +63,10 @@ def _member(archive: Any, key: str, path: Path) -> np.ndarray:
         if "pickle" in str(exc):
             raise BBNError(f"'{path}': '{key}' is an object array (pickled data) and is refused; save plain "
                            "number arrays, and class_names as numpy.array(names, dtype=str)") from None
-        raise BBNError(f"'{path}': '{key}' cannot be read ({_reason(exc)}); the file is corrupt, "
+        raise BBNError(f"'{path}': '{key}' cannot be read ({first_line(exc)}); the file is corrupt, "
                        f"{_SAVE_HINT}") from None
     except Exception as exc:  # a damaged zip member: zlib, zipfile, EOF, ...
-        raise BBNError(f"'{path}': '{key}' cannot be read ({_reason(exc)}); the file is corrupt, "
+        raise BBNError(f"'{path}': '{key}' cannot be read ({first_line(exc)}); the file is corrupt, "
                        f"{_SAVE_HINT}") from None
 
 

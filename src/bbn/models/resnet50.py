@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck
 
-from bbn.errors import BBNError
+from bbn.errors import BBNError, first_line
 from bbn.models.bilateral import BilateralModel
 from bbn.models.resnet_cifar import MODELS
 
@@ -119,8 +119,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BBNError(f"model.pretrained '{path}' cannot be read ({reason[:120]}); {fix}") from None
+        raise BBNError(f"model.pretrained '{path}' cannot be read ({first_line(exc)}); {fix}") from None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise BBNError(f"model.pretrained '{path}' is not a state dict of named tensors; {fix}")
