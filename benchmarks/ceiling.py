@@ -37,7 +37,7 @@ def step_flops(batch: int = 128) -> int:
     with FlopCounterMode(display=False) as counter:
         f_c = model.features(x_c, "conventional")
         f_r = model.features(x_r, "rebalancing")
-        logits = model.classifier(torch.cat([0.5 * f_c, 0.5 * f_r], dim=1))
+        logits = model.logits(f_c, f_r, 0.5)
         F.cross_entropy(logits, y).backward()
     return counter.get_total_flops()
 
