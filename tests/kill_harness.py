@@ -228,7 +228,8 @@ def _same(x: object, y: object) -> bool:
     return torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
 
 
-def _without_timing(obj: dict) -> dict:
+def without_timing(obj: dict) -> dict:
+    """A metrics row or final.json without its timings (which differ between equal runs)."""
     return {k: v for k, v in obj.items() if k not in TIMING_KEYS}
 
 
@@ -243,11 +244,11 @@ def differences(reference: Path, run: Path) -> list[str]:
     found += [f"model.{k}" for k in ca["model"] if k in cb["model"] and not _same(ca["model"][k], cb["model"][k])]
     sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
     found += [f"optimizer.{k}" for k in sa if k not in sb or not all(_same(v, sb[k].get(n)) for n, v in sa[k].items())]
-    if [_without_timing(r) for r in read_metrics(a.metrics)] != [_without_timing(r) for r in read_metrics(b.metrics)]:
+    if [without_timing(r) for r in read_metrics(a.metrics)] != [without_timing(r) for r in read_metrics(b.metrics)]:
         found.append("metrics.jsonl")
     if not b.final.is_file():
         found.append("final.json missing")
-    elif _without_timing(json.loads(a.final.read_text())) != _without_timing(json.loads(b.final.read_text())):
+    elif without_timing(json.loads(a.final.read_text())) != without_timing(json.loads(b.final.read_text())):
         found.append("final.json")
     return found
 

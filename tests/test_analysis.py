@@ -204,13 +204,13 @@ def test_analyze_weight_norms_cli(runs: dict[str, Path], tmp_path: Path,
     assert set(_table(out.with_suffix(".md").read_text())) == {("ce", "all")}
 
 
-def test_analyzeassert_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no-such-run"
     assert_bad_input(["analyze", "weight-norms", str(missing), "--out", str(tmp_path / "n.png")], capsys,
-               str(missing), "does not exist")
+                     str(missing), "does not exist")
     assert_bad_input(["analyze", "weight-norms", str(runs["ce"]), "--out", str(tmp_path / "n.pdf")], capsys, ".png")
     assert_bad_input(["analyze", "weight-norms", str(runs["bbn"]), str(runs["ce"]), "--labels", "one",
-                "--out", str(tmp_path / "n.png")], capsys, "--labels", "2 runs")
+                      "--out", str(tmp_path / "n.png")], capsys, "--labels", "2 runs")
     assert not (tmp_path / "n.png").exists()
 
 
@@ -231,4 +231,4 @@ def test_eval_one_branch(runs: dict[str, Path], capsys: pytest.CaptureFixture[st
 
 def test_eval_branch_of_a_plain_model_is_refused(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert_bad_input(["eval", str(runs["ce"]), "--branch", "cb", "--device", "cpu"], capsys,
-               "bilateral", "resnet32", "--branch all")
+                     "bilateral", "resnet32", "--branch all")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from kill_harness import without_timing
 
 from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from bbn.config import load_config
@@ -18,7 +19,6 @@ from bbn.runner import continue_run, resume_run, start_run
 # A tiny digits-LT run: ~500 training images of 8x8, 4 epochs of ~15 steps.
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",
         "train.threads=1"]
-TIMING = ("epoch_s", "images_per_s")
 # digits are grey: the 3x3 stem convolution (16 filters) has 2 input channels fewer than on CIFAR
 GREY_STEM = 2 * 16 * 3 * 3
 
@@ -39,7 +39,7 @@ def _stop_after(epoch: int):
 
 
 def _rows(run: RunDir) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run.metrics)]
+    return [without_timing(row) for row in read_metrics(run.metrics)]
 
 
 @pytest.fixture(scope="module")
