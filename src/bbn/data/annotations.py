@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from bbn.config import DataConfig
-from bbn.data.files import ImageFiles
+from bbn.data.files import ImageFiles, PathTable
 from bbn.errors import BBNError
 
 
@@ -42,6 +43,19 @@ def resolve_file(value: str | None, key: str, cfg: DataConfig, what: str) -> Pat
     if not path.is_file():
         raise BBNError(f"data.{key} '{value}' not found; point it at {what}")
     return path
+
+
+def listed_files(cfg: DataConfig, annotation: Path, rels: Sequence[str], labels: Sequence[int],
+                 entries: Sequence[int], names: list[str], entry: str, fix: str) -> ImageFiles:
+    """The images an annotation file lists (paths relative to `image_root`), each with the
+    entry it came from (`entry`: a format with {} for it); fails at once when none of a few
+    sampled images exists (`fix`: what to do then)."""
+    root = image_root(cfg, annotation)
+    files = ImageFiles(PathTable.from_strings([os.path.join(root, rel) for rel in rels]),
+                       torch.tensor(list(labels), dtype=torch.int64), list(names),
+                       np.array(list(entries), dtype=np.int64), entry)
+    check_some_exist(files, f"'{annotation}'", fix)
+    return files
 
 
 def image_root(cfg: DataConfig, annotation: Path) -> Path:

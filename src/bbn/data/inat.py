@@ -20,12 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from bbn.config import DataConfig
-from bbn.data.annotations import check_some_exist, check_unused, image_root, resolve_file
-from bbn.data.files import ImageFiles, PathTable
+from bbn.data.annotations import check_unused, listed_files, resolve_file
 from bbn.data.sources import SOURCES, Splits
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
@@ -160,13 +157,6 @@ def parse_converted(obj: dict[str, Any], path: Path, num_classes: int) -> list[t
     return out
 
 
-def _files(records: list[tuple[str, int, int, dict]], names: list[str], root: Path, path: Path) -> ImageFiles:
-    paths = [os.path.join(root, rel) for rel, _, _, _ in records]
-    labels = torch.tensor([r[1] for r in records], dtype=torch.int64)
-    entries = np.array([r[2] for r in records], dtype=np.int64)
-    return ImageFiles(PathTable.from_strings(paths), labels, list(names), entries, f"annotations[{{}}] of '{path}'")
-
-
 def load_inat(cfg: DataConfig) -> Splits:
     """Train and val splits of an iNaturalist release from its annotation files."""
     check_unused(cfg, cfg.source, ("test_root", "download"))
@@ -193,12 +183,11 @@ def load_inat(cfg: DataConfig) -> Splits:
                            f"class needs a training image, {FIX}")
         names = [str(c) for c in range(n)]
         test = parse_converted(test_obj, test_path, n)
-    splits = []
-    for records, path in ((train, train_path), (test, test_path)):
-        files = _files(records, names, image_root(cfg, path), path)
-        check_some_exist(files, f"'{path}'", "point data.root at the folder the image paths start from")
-        splits.append(files)
-    return Splits(splits[0], splits[1], IMAGENET_MEAN, IMAGENET_STD)
+    train_files, test_files = (
+        listed_files(cfg, path, [r[0] for r in records], [r[1] for r in records], [r[2] for r in records], names,
+                     f"annotations[{{}}] of '{path}'", "point data.root at the folder the image paths start from")
+        for records, path in ((train, train_path), (test, test_path)))
+    return Splits(train_files, test_files, IMAGENET_MEAN, IMAGENET_STD)
 
 
 SOURCES.register("inat2017")(load_inat)

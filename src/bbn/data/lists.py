@@ -13,12 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from bbn.config import DataConfig
-from bbn.data.annotations import check_some_exist, check_unused, image_root, resolve_file
-from bbn.data.files import ImageFiles, PathTable
+from bbn.data.annotations import check_unused, listed_files, resolve_file
 from bbn.data.sources import SOURCES, Splits
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
@@ -85,12 +82,7 @@ def load_image_lists(cfg: DataConfig) -> Splits:
         raise BBNError(f"'{path}' line {lines[at]}: label {num_classes - 1} makes more classes than the "
                        f"{len(parsed[0][2])} training images; labels are 0..C-1")
     names = folder_names(parsed[0][1], parsed[0][2], num_classes)
-    splits = []
-    for path, rels, labels, lines in parsed:
-        root = image_root(cfg, path)
-        files = ImageFiles(PathTable.from_strings([os.path.join(root, r) for r in rels]),
-                           torch.tensor(labels, dtype=torch.int64), list(names),
-                           np.array(lines, dtype=np.int64), f"line {{}} of '{path}'")
-        check_some_exist(files, f"'{path}'", "point data.root at the folder the listed paths start from")
-        splits.append(files)
-    return Splits(splits[0], splits[1], IMAGENET_MEAN, IMAGENET_STD)
+    train, test = (listed_files(cfg, path, rels, labels, lines, names, f"line {{}} of '{path}'",
+                                "point data.root at the folder the listed paths start from")
+                   for path, rels, labels, lines in parsed)
+    return Splits(train, test, IMAGENET_MEAN, IMAGENET_STD)

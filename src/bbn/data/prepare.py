@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bbn.config import Config
+from bbn.data.annotations import check_unused
 from bbn.data.longtail import check_trainable, first_per_class, make_longtail
 from bbn.data.sources import LabeledImages, Splits, load_source
 from bbn.errors import BBNError
@@ -26,10 +27,7 @@ def prepare_data(cfg: Config) -> Splits:
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
     if isinstance(train, LabeledImages):  # keys only image-file sources read: refuse, never ignore
-        for key in ("train_file", "test_file", "test_root", "resize_size"):
-            if getattr(cfg.data, key) is not None:
-                raise BBNError(f"data.{key} is not used by source '{cfg.data.source}' (its images are in "
-                               f"memory); remove it")
+        check_unused(cfg.data, cfg.data.source, ("train_file", "test_file", "test_root", "resize_size"))
     for split, part in (("training", train), ("test", test)):
         if len(part) == 0:
             raise BBNError(f"data source '{cfg.data.source}' has no {split} images; check data.root and its files")
