@@ -18,7 +18,7 @@ import torch
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused
 from bbn.data.files import ImageFiles, PathTable
-from bbn.data.sources import SOURCES, Splits
+from bbn.data.sources import SOURCES, Splits, shuffled_per_class
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 
@@ -74,12 +74,8 @@ def hold_out(files: ImageFiles, per_class: int, seed: int) -> tuple[ImageFiles, 
         raise BBNError(f"class '{files.class_names[small]}' has {counts[small]} images, too few to hold out "
                        f"data.test_per_class={per_class} for testing and train on the rest; lower "
                        "data.test_per_class or give a test folder in data.test_root")
-    rng = np.random.RandomState(seed)
-    labels = files.labels.numpy()
     is_test = np.zeros(len(files), dtype=bool)
-    for c in range(files.num_classes):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
+    for idx in shuffled_per_class(files.labels.numpy(), files.num_classes, seed):
         is_test[idx[:per_class]] = True
     return files.subset(np.flatnonzero(~is_test).tolist()), files.subset(np.flatnonzero(is_test).tolist())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bbn.data.sources import LabeledImages
+from bbn.data.sources import LabeledImages, shuffled_per_class
 from bbn.errors import BBNError
 
 # Shot groups (OLTR / Decoupling convention): many > 100, medium 20..100, few < 20 images.
@@ -57,13 +57,8 @@ def make_longtail(data: LabeledImages, imbalance_ratio: float, profile: str, see
                        f"use at most {min(counts)} or leave it unset")
     n_max = min(counts) if n_max is None else n_max
     wanted = longtail_counts(n_max, data.num_classes, imbalance_ratio, profile)
-    rng = np.random.RandomState(seed)
-    labels = data.labels.numpy()
-    keep: list[np.ndarray] = []
-    for c, n_c in enumerate(wanted):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        keep.append(idx[:n_c])
+    order = shuffled_per_class(data.labels.numpy(), data.num_classes, seed)
+    keep = [idx[:n_c] for idx, n_c in zip(order, wanted)]
     return data.subset(torch.from_numpy(np.concatenate(keep)))
 
 

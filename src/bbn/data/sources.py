@@ -83,6 +83,18 @@ class Splits:
         return self.train.class_counts()
 
 
+def shuffled_per_class(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
+    """Each class's image indices in a seeded random order (classes shuffled in turn from one
+    generator): the first k of each are a seeded per-class subset."""
+    rng = np.random.RandomState(seed)
+    order = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        order.append(idx)
+    return order
+
+
 SOURCES: Registry[Callable[[DataConfig], Splits]] = Registry("data source")
 
 
@@ -120,12 +132,8 @@ def load_digits(cfg: DataConfig) -> Splits:
             f"data.test_per_class={cfg.test_per_class} leaves no training images for some digit "
             f"class (smallest class has {int(counts.min())}); use a value below {int(counts.min())}"
         )
-    rng = np.random.RandomState(cfg.subset_seed)
-    test_idx: list[int] = []
-    for c in range(len(names)):
-        idx = np.flatnonzero(bunch.target == c)
-        rng.shuffle(idx)
-        test_idx.extend(idx[: cfg.test_per_class].tolist())
+    test_idx = [int(i) for idx in shuffled_per_class(bunch.target, len(names), cfg.subset_seed)
+                for i in idx[: cfg.test_per_class]]
     is_test = torch.zeros(len(labels), dtype=torch.bool)
     is_test[torch.tensor(sorted(test_idx))] = True
     everything = LabeledImages(images.contiguous(), labels, names)
