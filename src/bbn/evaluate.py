@@ -84,13 +84,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def checkpoint_file(target: str | Path) -> Path:
+    """A run folder's best.pt (else last.pt), or the checkpoint file itself."""
+    target = Path(target)
+    if not target.exists():
+        raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
+    if target.is_dir():
+        run = RunDir(target)
+        return run.best if run.best.is_file() else run.last
+    return target
+
+
 def _checkpoint_path(target: Path) -> tuple[Path, Path]:
     """(checkpoint, folder to write eval.json into) for a run folder or a .pt file."""
     if target.is_dir():
-        run = RunDir(target)
-        ckpt = run.best if run.best.is_file() else run.last
-        return ckpt, run.root
-    return target, target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return checkpoint_file(target), target
+    return checkpoint_file(target), target.parent.parent if target.parent.name == "checkpoints" else target.parent
 
 
 @dataclass
@@ -108,10 +117,7 @@ class LoadedRun:
 def load_run(target: str | Path, device: torch.device | None = None) -> LoadedRun:
     """The model of a run folder (its best.pt, else last.pt) or of a checkpoint file, on
     `device` (None: the device its config names)."""
-    target = Path(target)
-    if not target.exists():
-        raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
-    ckpt_path, run_root = _checkpoint_path(target)
+    ckpt_path, run_root = _checkpoint_path(Path(target))
     payload = load_checkpoint(ckpt_path)
     if payload.get("imported_from", {}).get("data_config") is False:
         raise BBNError(f"checkpoint '{ckpt_path}' was imported without a data config; import it again with "

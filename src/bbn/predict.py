@@ -30,9 +30,10 @@ from bbn.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
 from bbn.data.transforms import ImageReadError, read_image
 from bbn.errors import BBNError
+from bbn.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
-from bbn.runs import RunDir, write_text_atomically
+from bbn.runs import write_text_atomically
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -101,17 +102,6 @@ class Predictor:
         return torch.softmax(self.logit_scale * self.model(x.to(device)).float(), dim=1).cpu()
 
 
-def checkpoint_file(target: str | Path) -> Path:
-    """A run folder's best.pt (else last.pt), or the checkpoint file itself."""
-    target = Path(target)
-    if not target.exists():
-        raise BBNError(f"'{target}' does not exist; pass a run folder or a checkpoint file")
-    if target.is_dir():
-        run = RunDir(target)
-        return run.best if run.best.is_file() else run.last
-    return target
-
-
 def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> nn.Module:
     """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode."""
     state = payload["model"]
@@ -142,11 +132,12 @@ def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str
     if isinstance(data.train, LabeledImages):  # digits, CIFAR, arrays: the training resolution
         _, c, h, w = data.train.images.shape
         spec = InputSpec(int(c), int(h), int(w), tuple(data.mean), tuple(data.std))
-        return spec.transform(), (spec.channels, spec.height, spec.width), names
-    from bbn.data.transforms import crop_size, image_transform  # image files: resize, centre crop
+    else:  # image files: the test transform (resize the shorter side, centre crop)
+        from bbn.data.transforms import crop_size, resize_size
 
-    size = crop_size(cfg.data)
-    return image_transform(cfg, train=False), (data.train.channels, size, size), names
+        size = crop_size(cfg.data)
+        spec = InputSpec(data.train.channels, size, size, tuple(data.mean), tuple(data.std), resize_size(cfg.data))
+    return spec.transform(), (spec.channels, spec.height, spec.width), names
 
 
 def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:

@@ -63,8 +63,11 @@ class BilateralModel(nn.Module):
     def W_r(self) -> torch.Tensor:  # noqa: N802 - paper name
         return self.classifier.weight[:, self.feature_dim :]
 
+    def branch_classifier(self, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) of one branch alone: (W_c, b) for BBN-CB, (W_r, b) for BBN-RB."""
+        return (self.W_c if branch == "conventional" else self.W_r), self.classifier.bias
+
     def branch_logits(self, x: torch.Tensor, branch: str) -> torch.Tensor:
         """BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b) single-branch logits."""
-        f = self.features(x, branch)
-        w = self.W_c if branch == "conventional" else self.W_r
-        return f @ w.t() + self.classifier.bias
+        w, b = self.branch_classifier(branch)
+        return self.features(x, branch) @ w.t() + b

@@ -115,8 +115,8 @@ def own_classifier(model: nn.Module, branch: str | None) -> tuple[torch.Tensor, 
     if model_branch is None:
         layer: Any = model.classifier
         return layer.weight.detach().clone(), layer.bias.detach().clone()
-    W = model.W_c if model_branch == "conventional" else model.W_r  # noqa: N806 - paper name
-    return W.detach().clone(), model.classifier.bias.detach().clone()
+    W, b = model.branch_classifier(model_branch)  # noqa: N806 - paper name
+    return W.detach().clone(), b.detach().clone()
 
 
 def frozen_features(run: TrainedRun, branch: str | None = None) -> FrozenFeatures:
