@@ -54,21 +54,19 @@ def _train(args: argparse.Namespace) -> int:
     from bbn.runner import continue_run, resume_run, start_run
 
     progress = not args.no_progress
-    if args.resume == "auto":
-        if not args.out:
-            raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
-        config, overrides = _split_args(args.items)
-        overrides += ["data.strict=true"] if args.strict else []
-        run, final = continue_run(load_config(config, overrides), args.out, progress=progress)
-    elif args.resume:
+    if args.resume and args.resume != "auto":
         if args.items or args.out:
             raise BBNError("--resume continues a run with its saved config; drop CONFIG, overrides and --out")
         run, final = resume_run(args.resume, progress=progress)
     else:
+        if args.resume == "auto" and not args.out:
+            raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
         config, overrides = _split_args(args.items)
-        overrides += ["data.strict=true"] if args.strict else []
-        cfg = load_config(config, overrides)
-        run, final = start_run(cfg, args.out, progress=progress)
+        cfg = load_config(config, [*overrides, *(["data.strict=true"] if args.strict else [])])
+        if args.resume == "auto":
+            run, final = continue_run(cfg, args.out, progress=progress)
+        else:
+            run, final = start_run(cfg, args.out, progress=progress)
     if not final:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     print(_summary(final))

@@ -22,6 +22,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# SPEC §4: image-file sources crop 224 unless data.image_size says otherwise.
+DEFAULT_CROP_SIZE = 224
+
+
 class DataConfig(_Section):
     """Where the images come from and how the long tail is cut.
 
@@ -60,9 +64,10 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "DataConfig":
-        if self.resize_size is not None and self.resize_size < (self.image_size or 224):
+        crop = self.image_size or DEFAULT_CROP_SIZE
+        if self.resize_size is not None and self.resize_size < crop:
             raise ValueError(f"data.resize_size={self.resize_size} is smaller than the center crop "
-                             f"data.image_size={self.image_size or 224}; give at least that")
+                             f"data.image_size={crop}; give at least that")
         return self
 
 

@@ -21,13 +21,13 @@ try:
 except ImportError:  # a torchvision without its image decoders: Pillow decodes everything
     decode_image = None
 
-from bbn.config import Config, DataConfig
+from bbn.config import DEFAULT_CROP_SIZE, Config, DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # SPEC §4: crop 224 of the image whose shorter side is 256; RandomResizedCrop's defaults.
-DEFAULT_SIZE = 224
+DEFAULT_SIZE = DEFAULT_CROP_SIZE
 RESIZE_RATIO = 256 / 224
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
