@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from bbn.config import Config
 from bbn.data.augment import Normalize
+from bbn.data.sources import ClassLabels
 from bbn.data.transforms import ImageReadError, crop_size, crop_transform, read_image
 from bbn.errors import BBNError
 
@@ -75,7 +76,7 @@ class PathTable:
 
 
 @dataclass(frozen=True, eq=False)
-class ImageFiles:
+class ImageFiles(ClassLabels):
     """Image files of one split: paths, int64 labels in [0, C), the C class names, and where
     each image is listed (`origin` formatted with its `entries` value, e.g. "line 12 of
     'train.txt'"; an empty origin when the path says it all)."""
@@ -91,26 +92,12 @@ class ImageFiles:
         if self.labels.dtype != torch.int64 or self.labels.shape != (n,) or len(self.entries) != n:
             raise BBNError(f"image files need one int64 label and one entry per path ({n} paths), got "
                            f"{self.labels.dtype} {tuple(self.labels.shape)} and {len(self.entries)} entries")
-        c = len(self.class_names)
-        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
-            bad = int(self.labels[(self.labels < 0) | (self.labels >= c)][0])
-            raise BBNError(f"label {bad} is outside [0, {c}) for {c} class names; fix the labels or the class list")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+        self._check_label_range()
 
     @property
     def channels(self) -> int:
         """Images are decoded as RGB."""
         return 3
-
-    def class_counts(self) -> list[int]:
-        """N_i: the number of images of each class."""
-        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> "ImageFiles":
         idx = torch.as_tensor(index, dtype=torch.int64)

@@ -20,8 +20,33 @@ if TYPE_CHECKING:
     from bbn.data.files import ImageFiles
 
 
+class ClassLabels:
+    """What every split offers whatever holds its images (tensors in memory, or files): int64
+    labels in [0, C), the C class names, and the counts N_i."""
+
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def _check_label_range(self) -> None:
+        c = len(self.class_names)
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
+            bad = int(self.labels[(self.labels < 0) | (self.labels >= c)][0])
+            raise BBNError(f"label {bad} is outside [0, {c}) for {c} class names; fix the labels or the class list")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> list[int]:
+        """N_i: the number of images of each class."""
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+
 @dataclass(frozen=True)
-class LabeledImages:
+class LabeledImages(ClassLabels):
     """uint8 images (N, C, H, W), int64 labels (N,) in [0, C), and the C class names."""
 
     images: torch.Tensor
@@ -39,27 +64,11 @@ class LabeledImages:
                 f"labels must be int64 with one per image ({self.images.shape[0]}), got "
                 f"{self.labels.dtype} {tuple(self.labels.shape)}"
             )
-        c = len(self.class_names)
-        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
-            bad = self.labels[(self.labels < 0) | (self.labels >= c)][0].item()
-            raise BBNError(
-                f"label {bad} is outside [0, {c}) for {c} class names; fix the labels or the class list"
-            )
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+        self._check_label_range()
 
     @property
     def channels(self) -> int:
         return int(self.images.shape[1])
-
-    def class_counts(self) -> list[int]:
-        """N_i: the number of images of each class."""
-        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> "LabeledImages":
         idx = torch.as_tensor(index, dtype=torch.int64)
