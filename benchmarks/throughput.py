@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bbn.config import Config, load_config
+from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.longtail import longtail_counts
 from bbn.data.loader import DeviceImages
 from bbn.data.sources import LabeledImages, Splits
@@ -43,10 +44,9 @@ from bbn.methods import METHODS
 from bbn.models import create_model
 from bbn.optim import build_optimizer
 from bbn.speed import autocast_dtype, compile_model, memory_format
-from bbn.train import Session, train_epoch
+from bbn.train import Session, train_epoch, versions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 TEST_IMAGES = 10_000
 
 # Our variants: name -> config overrides on the cifar10_ir100_bbn preset.
@@ -259,9 +259,8 @@ def machine(device: str) -> str:
     text = f"{cpu}, {os.cpu_count()} cores"
     if device != "cpu" and torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
-    import torchvision
-
-    return f"{text}; torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
+    v = versions()
+    return f"{text}; torch {v['torch']}, torchvision {v['torchvision']}, Python {v['python']}"
 
 
 def append_results(title: str, device: str, what: str, text: str) -> None:

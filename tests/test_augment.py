@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from bbn.data.augment import Normalize, random_crop_flip
+from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.loader import DeviceImages
 from bbn.data.sources import LabeledImages
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def gen(seed: int) -> torch.Generator:

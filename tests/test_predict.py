@@ -16,6 +16,7 @@ from PIL import Image
 from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
 from bbn.config import build_config
+from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.prepare import prepare_data
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.models import create_model
@@ -131,7 +132,7 @@ def test_resize_and_center_crop_of_the_input_spec() -> None:
 def test_imported_checkpoint_uses_its_own_input_and_class_names(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = create_model("bbn_resnet32", 3).eval()
-    spec = InputSpec(3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), resize=36)
+    spec = InputSpec(3, 32, 32, CIFAR_MEAN, CIFAR_STD, resize=36)
     save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": model.state_dict(),
                      "input": spec.to_dict(), "class_names": ["cat", "dog", "owl"]}, tmp_path / "m.pt")
     rgb = np.random.default_rng(0).integers(0, 256, (36, 48, 3), dtype=np.uint8)  # H 36, W 48
