@@ -116,8 +116,10 @@ class ForkServer:
 
 def _serve() -> None:
     """The fork server's loop: one JSON request per line on stdin, one answer per line."""
-    import bbn.cli
-    import bbn.data.prepare  # noqa: F401  (the imports a run needs, done once)
+    import sklearn.datasets  # noqa: F401  (the imports a run needs, done once: the digits,
+    import bbn.cli  # the training loop and the report's plots)
+    import bbn.data.prepare  # noqa: F401
+    import bbn.report  # noqa: F401
     import bbn.train  # noqa: F401
 
     answer = sys.stdout

@@ -8,6 +8,7 @@ second process on a locked run folder is refused at once, naming the holder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -115,18 +116,22 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run(
         server: ForkServer, reference: tuple[Path, Attempt], tmp_path: Path) -> None:
     run = RunDir(tmp_path / "locked")
     holder = server.start(train_args(TINY, run.root), tmp_path / "holder.log", {"BBN_FAULT": "train.step:1:stop"})
-    assert server.wait(holder, stopped=True) is None, (tmp_path / "holder.log").read_text()  # frozen in epoch 1
-    for i, args in enumerate([["train", "--resume", str(run.root), "--no-progress"], train_args(TINY, run.root)]):
-        second = run_once(server, args, tmp_path / f"second{i}.log")
-        assert second.returncode == EXIT_BAD_INPUT, second.output
-        line = second.output.strip()
-        assert line.count("\n") == 0 and f"is in use by process {holder} " in line, line
-        assert run.config.is_file()  # --resume auto deleted nothing of the live run
-    with pytest.raises(Exception, match=f"in use by process {holder} "):
-        RunLock(run.root).acquire()
-    os.kill(holder, signal.SIGKILL)
+    try:
+        assert server.wait(holder, stopped=True) is None, (tmp_path / "holder.log").read_text()  # frozen in epoch 1
+        for i, args in enumerate([["train", "--resume", str(run.root), "--no-progress"], train_args(TINY, run.root)]):
+            second = run_once(server, args, tmp_path / f"second{i}.log")
+            assert second.returncode == EXIT_BAD_INPUT, second.output
+            line = second.output.strip()
+            assert line.count("\n") == 0 and f"is in use by process {holder} " in line, line
+            assert run.config.is_file()  # --resume auto deleted nothing of the live run
+        with pytest.raises(Exception, match=f"in use by process {holder} "):
+            RunLock(run.root).acquire()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(holder, signal.SIGKILL)
     assert server.wait(holder) == -signal.SIGKILL
     lock = RunLock(run.root)
     lock.acquire()  # the kernel dropped the killed holder's lock
-    assert lock.fd is not None and (run.root / ".lock").read_text() == f"{os.getpid()}\n"
+    assert (run.root / ".lock").read_text() == f"{os.getpid()}\n"
     lock.release()
+    assert (run.root / ".lock").read_text() == ""

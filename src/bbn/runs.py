@@ -76,6 +76,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty .lock: no process holds the folder
             os.close(self.fd)  # closing the only descriptor drops the flock
             self.fd = None
 
@@ -153,11 +154,12 @@ def create_run_dir(path: str | Path, cfg: Config) -> RunDir:
     run.created = _first_missing(run.root)
     try:
         run.root.mkdir(parents=True, exist_ok=True)
+        before = frozenset(p.name for p in run.root.iterdir())
         run.lock.acquire()
         if not all(_is_leftover(p) for p in run.root.iterdir()):  # made by another process meanwhile
             run.lock.release()
             raise _exists(run)
-        run.before = frozenset(p.name for p in run.root.iterdir())
+        run.before = before
         run.checkpoints.mkdir(exist_ok=True)
         write_config(run, cfg)
     except OSError as exc:
