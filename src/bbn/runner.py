@@ -12,7 +12,7 @@ from typing import Any, Callable
 from bbn.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.distributed import World, broadcast_object, init_world
-from bbn.errors import BBNError, first_line
+from bbn.errors import BBNError
 from bbn.faults import fault_point
 from bbn.models import num_params
 from bbn.runs import (RunDir, check_checkpoint_config, check_same_config, create_run_dir, default_run_path,
@@ -99,7 +99,8 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
         try:
             restore(session, payload)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            raise BBNError(f"checkpoint '{run.last}' does not fit the model of '{run.config}' ({first_line(exc)}); "
+            detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise BBNError(f"checkpoint '{run.last}' does not fit the model of '{run.config}' ({detail}); "
                            "put back the run's own last.pt, or start a new run with bbn train --out") from None
         if not session.world.is_main:
             log = quiet_log
