@@ -40,8 +40,7 @@ class RunDir:
 LOCK_NAME = ".lock"
 # What a run writes before its first last.pt: all `discard_run` may remove, and only those of
 # them that were not there before (the temporary names are bbn's own).
-EARLY_NAMES = ("config.yaml", ".config.yaml.tmp", "checkpoints", "tensorboard", "skipped_images.txt",
-               ".skipped_images.txt.tmp", LOCK_NAME)
+EARLY_NAMES = ("config.yaml", ".config.yaml.tmp", "checkpoints", "tensorboard", "skipped_images.txt", LOCK_NAME)
 
 
 class RunLock:
