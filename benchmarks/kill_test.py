@@ -11,7 +11,8 @@ starts to its exit, the final evaluation and report included). `--kills` SIGKILL
 by the share of epochs still to train (at least 10 %) and k the signals still to send: the
 moments spread over the whole run, evaluation, checkpoint writing and report included. After
 each, the run folder must hold a last.pt that passes its checksum and a metrics.jsonl that
-agrees with it. Then the run is left to finish, and its last.pt weights and optimiser state,
+agrees with it; each attempt records the fault points (bbn.faults) it passed, and the table
+line of an attempt names the last one, i.e. where the signal landed. Then the run is left to finish, and its last.pt weights and optimiser state,
 metrics.jsonl and final.json (timings excluded) are compared with the uninterrupted run's.
 Prints a table; --append adds it to benchmarks/RESULTS.md.
 """
@@ -19,17 +20,19 @@ Prints a table; --append adds it to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from kill_harness import FreshProcesses, check_consistent, differences, run_once, train_args  # noqa: E402
+from kill_harness import FreshProcesses, Launcher, check_consistent, differences, train_args  # noqa: E402
 
 from bbn.checkpoint import load_checkpoint  # noqa: E402
 from bbn.runs import RunDir  # noqa: E402
@@ -38,6 +41,61 @@ EPOCHS = 20
 CONFIG = ["digits_bbn", f"train.epochs={EPOCHS}", "train.warmup_epochs=2", "train.milestones=[14,18]",
           "train.tensorboard=false", "train.threads=1", "train.device=cpu", "data.n_max=60",
           "data.test_max_per_class=20", "train.log_every=2"]
+
+
+# Lines `bbn train` prints once training is about to begin (or the run is already finished).
+STARTED = ("run folder: ", "resuming ", "restarting from the start", "reusing the finished run ")
+
+
+@dataclass
+class Attempt:
+    """One process: the signal sent (None: left to finish), whether it hit a running process,
+    its exit code, the seconds from start to exit and from the line saying that training
+    starts to exit (None if it never said so), the last fault point it passed, its output."""
+
+    signal: str | None
+    delivered: bool
+    returncode: int
+    seconds: float
+    after_start: float | None
+    last_point: str
+    output: str
+
+
+def run_once(launcher: Launcher, args: list[str], log: Path, signum: int | None = None, delay: float = 0.0,
+             timeout: float = 600.0) -> Attempt:
+    """Run `bbn ARGS`; when `signum` is given, send it `delay` seconds after the process says
+    it has started training (if it is still running then). A benchmark of random moments:
+    the tests stop processes at fault points instead."""
+    points = log.with_suffix(".points")
+    points.unlink(missing_ok=True)
+    launched = time.monotonic()
+    pid = launcher.start(args, log, {"BBN_FAULT_LOG": str(points)})
+    seen: float | None = None
+    delivered = False
+    try:
+        while (code := launcher.poll(pid)) is None:
+            now = time.monotonic()
+            if seen is None and any(s in log.read_text() for s in STARTED):
+                seen = now
+            if signum is not None and not delivered and seen is not None and now - seen >= delay:
+                os.kill(pid, signum)
+                delivered = True
+            if now - launched > timeout:
+                raise TimeoutError(f"bbn {' '.join(args)} did not end within {timeout:.0f} s")
+            time.sleep(0.01)
+    except BaseException:
+        if launcher.poll(pid) is None:
+            os.kill(pid, signal.SIGKILL)
+            launcher.wait(pid)
+        raise
+    end = time.monotonic()
+    if delivered and signum == signal.SIGKILL and code == 0:
+        delivered = False  # it had already exited (not yet reaped) when the signal was sent
+    name = signal.Signals(signum).name if signum is not None else None
+    hit = points.read_text().splitlines() if points.is_file() else []
+    return Attempt(name, delivered, code, end - launched, None if seen is None else end - seen,
+                   hit[-1] if hit else "-", log.read_text())
 
 
 def _epochs_done(run: RunDir) -> int:
@@ -80,7 +138,7 @@ def main() -> int:
                 damaged += 1
                 print(f"attempt {i}: {exc}", file=sys.stderr)
             print(f"{i + 1:>3}/{len(signals)} {attempt.signal:<7} after {delay:4.1f}s: exit {attempt.returncode:>3}, "
-                  f"{attempt.seconds:5.1f}s, epochs done {_epochs_done(run)}", flush=True)
+                  f"{attempt.seconds:5.1f}s, last point {attempt.last_point}, epochs done {_epochs_done(run)}", flush=True)
         final = run_once(launcher, command, root / "final.log")
         found = differences(root / "uninterrupted", run.root) if final.returncode == 0 else ["did not finish"]
     finally:

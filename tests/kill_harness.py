@@ -1,21 +1,20 @@
-"""Interrupt `bbn train` processes at random moments and compare what their resumes leave with
-an uninterrupted run (used by tests/test_kill.py and benchmarks/kill_test.py).
+"""Run `bbn train` processes that stop themselves at named fault points (bbn.faults) and
+compare what their resumes leave with an uninterrupted run (used by tests/test_kill.py and
+benchmarks/kill_test.py).
 
 Two ways to start a process: `FreshProcesses` runs `python -m bbn train ...` as a user would;
 `ForkServer` runs `bbn.cli.main([...])` in a process forked from a server that has imported
 the package once, so each start skips the interpreter's seconds of imports (the short test).
-Either way every run is its own OS process and receives real signals.
+Either way every run is its own OS process and receives real signals. Nothing here waits for
+a moment: a process is waited for until it exits (or stops itself at a fault point).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +25,6 @@ from bbn.checkpoint import load_checkpoint
 from bbn.runs import RunDir, read_metrics
 
 TIMING_KEYS = frozenset({"epoch_s", "images_per_s", "train_s"})
-# Lines `bbn train` prints once training is about to begin (or the run is already finished).
-STARTED = ("run folder: ", "resuming ", "reusing the finished run ")
 
 
 def train_args(items: list[str], out: Path) -> list[str]:
@@ -35,16 +32,19 @@ def train_args(items: list[str], out: Path) -> list[str]:
     return ["train", *items, "--no-progress", "--out", str(out), "--resume", "auto"]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", **(extra or {})}
 
 
 class Launcher(Protocol):
-    def start(self, args: list[str], log: Path) -> int:
-        """Start `bbn ARGS` with stdout and stderr to `log`; its process id."""
+    def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+        """Start `bbn ARGS` (with `env` added to the environment), stdout and stderr to `log`; its pid."""
 
     def poll(self, pid: int) -> int | None:
         """Its exit code (minus the signal number if a signal ended it), None while it runs."""
+
+    def wait(self, pid: int, stopped: bool = False) -> int | None:
+        """Block until it exits (its exit code), or with `stopped` until it stops (None) or exits."""
 
 
 class FreshProcesses:
@@ -53,21 +53,32 @@ class FreshProcesses:
     def __init__(self) -> None:
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def start(self, args: list[str], log: Path) -> int:
+    def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> int:
         with log.open("w") as sink:
             proc = subprocess.Popen([sys.executable, "-m", "bbn", *args], stdout=sink, stderr=subprocess.STDOUT,
-                                    env=_env())
+                                    env=_env(env))
         self.procs[proc.pid] = proc
         return proc.pid
 
     def poll(self, pid: int) -> int | None:
         return self.procs[pid].poll()
 
+    def wait(self, pid: int, stopped: bool = False) -> int | None:
+        if stopped:
+            return _waitpid(pid, True)
+        return self.procs[pid].wait()
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _waitpid(pid: int, stopped: bool) -> int | None:
+    """os.waitpid: the exit code, or None when the process stopped (with `stopped`)."""
+    _, status = os.waitpid(pid, os.WUNTRACED if stopped else 0)
+    return None if os.WIFSTOPPED(status) else os.waitstatus_to_exitcode(status)
 
 
 class ForkServer:
@@ -87,11 +98,14 @@ class ForkServer:
             raise RuntimeError(f"the fork server exited with code {self.server.wait()}")
         return json.loads(line)
 
-    def start(self, args: list[str], log: Path) -> int:
-        return self._ask({"start": args, "log": str(log)})["pid"]
+    def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+        return self._ask({"start": args, "log": str(log), "env": env or {}})["pid"]
 
     def poll(self, pid: int) -> int | None:
         return self._ask({"poll": pid})["returncode"]
+
+    def wait(self, pid: int, stopped: bool = False) -> int | None:
+        return self._ask({"wait": pid, "stopped": stopped})["returncode"]
 
     def close(self) -> None:
         if self.server.poll() is None:
@@ -102,8 +116,10 @@ class ForkServer:
 
 def _serve() -> None:
     """The fork server's loop: one JSON request per line on stdin, one answer per line."""
-    import bbn.cli
-    import bbn.data.prepare  # noqa: F401  (the imports a run needs, done once)
+    import sklearn.datasets  # noqa: F401  (the imports a run needs, done once: the digits,
+    import bbn.cli  # the training loop and the report's plots)
+    import bbn.data.prepare  # noqa: F401
+    import bbn.report  # noqa: F401
     import bbn.train  # noqa: F401
 
     answer = sys.stdout
@@ -113,6 +129,7 @@ def _serve() -> None:
             fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # exists on reply
             pid = os.fork()
             if pid == 0:
+                os.environ.update(request["env"])
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
                 os.dup2(fd, 1)
@@ -134,6 +151,8 @@ def _serve() -> None:
                     os._exit(code if isinstance(code, int) else 0)
             os.close(fd)
             reply = {"pid": pid}
+        elif "wait" in request:
+            reply = {"returncode": _waitpid(request["wait"], request["stopped"])}
         else:
             pid, status = os.waitpid(request["poll"], os.WNOHANG)
             reply = {"returncode": None if pid == 0 else os.waitstatus_to_exitcode(status)}
@@ -143,71 +162,25 @@ def _serve() -> None:
 
 @dataclass
 class Attempt:
-    """One process: the signal sent (None: left to finish), whether it hit a running
-    process, its exit code, the seconds from start to exit and from the line saying that
-    training starts to exit (None if it never said so), and what it printed."""
+    """One process: the fault point armed (None: none), its exit code, the fault points it
+    hit in order, and what it printed."""
 
-    signal: str | None
-    delivered: bool
+    fault: str | None
     returncode: int
-    seconds: float
-    after_start: float | None
+    points: list[str]
     output: str
 
 
-def wait_for(launcher: Launcher, pid: int, seconds: float) -> int | None:
-    """Poll until the process exits or `seconds` pass; its exit code or None."""
-    end = time.monotonic() + seconds
-    while (code := launcher.poll(pid)) is None and time.monotonic() < end:
-        time.sleep(0.02)
-    return code
-
-
-def run_once(launcher: Launcher, args: list[str], log: Path, signum: int | None = None, delay: float = 0.0,
-             timeout: float = 600.0) -> Attempt:
-    """Run `bbn ARGS`; when `signum` is given, send it `delay` seconds after the process says
-    it has started training (if it is still running then)."""
-    launched = time.monotonic()
-    pid = launcher.start(args, log)
-    seen: float | None = None
-    delivered = False
-    try:
-        while (code := launcher.poll(pid)) is None:
-            now = time.monotonic()
-            if seen is None and any(s in log.read_text() for s in STARTED):
-                seen = now
-            if signum is not None and not delivered and seen is not None and now - seen >= delay:
-                os.kill(pid, signum)
-                delivered = True
-            if now - launched > timeout:
-                raise TimeoutError(f"bbn {' '.join(args)} did not end within {timeout:.0f} s")
-            time.sleep(0.01)
-    except BaseException:
-        if launcher.poll(pid) is None:
-            os.kill(pid, signal.SIGKILL)
-            wait_for(launcher, pid, 60)
-        raise
-    end = time.monotonic()
-    if delivered and signum == signal.SIGKILL and code == 0:
-        delivered = False  # it had already exited (not yet reaped) when the signal was sent
-    name = signal.Signals(signum).name if signum is not None else None
-    return Attempt(name, delivered, code, end - launched, None if seen is None else end - seen, log.read_text())
-
-
-def interrupt_until_done(launcher: Launcher, args: list[str], folder: Path, signals: list[int], span: float,
-                         rng: random.Random, timeout: float = 600.0) -> list[Attempt]:
-    """Send each of `signals` to a fresh run of `bbn ARGS` (the first starts the run, the
-    others resume it) at a moment drawn uniformly from [0, span] s after training started,
-    check what it left, then run it once more to the end. A signal that arrives after the
-    run ended is recorded as not delivered."""
-    run = RunDir(args[args.index("--out") + 1])
-    attempts = []
-    for i, signum in enumerate(signals):
-        log = folder / f"attempt{i:02d}.log"
-        attempts.append(run_once(launcher, args, log, signum, rng.uniform(0.0, span), timeout))
-        check_consistent(run)
-    attempts.append(run_once(launcher, args, folder / "final.log", timeout=timeout))
-    return attempts
+def run_once(launcher: Launcher, args: list[str], log: Path, fault: str | None = None) -> Attempt:
+    """Run `bbn ARGS` to its end with fault point `fault` (`<point>:<n>[:<action>]`, see
+    bbn.faults) armed, recording the points it hits in LOG.points."""
+    points = log.with_suffix(".points")
+    points.unlink(missing_ok=True)
+    env = {"BBN_FAULT_LOG": str(points), **({"BBN_FAULT": fault} if fault else {})}
+    code = launcher.wait(launcher.start(args, log, env))
+    assert code is not None
+    hit = points.read_text().splitlines() if points.is_file() else []
+    return Attempt(fault, code, hit, log.read_text())
 
 
 def _fail(line: str) -> None:

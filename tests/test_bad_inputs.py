@@ -232,6 +232,7 @@ def _corrupt_run_folder(env: Env) -> list[str]:
     (run / "checkpoints").mkdir(parents=True)
     save_config(_digits_cfg(), run / "config.yaml")
     (run / "checkpoints" / "last.pt").write_bytes(b"\x00" * 64)
+    (run / ".lock").write_text("")  # as every run leaves it
     return ["train", "--resume", str(run)]
 
 
@@ -239,6 +240,24 @@ def _existing_run(env: Env) -> list[str]:
     env.out.mkdir()
     (env.out / "config.yaml").write_text("precious: true\n")
     return ["train", "digits_bbn", "--out", str(env.out)]
+
+
+def _stopped_run(env: Env, model_name: str | None = None, **changes: object) -> list[str]:
+    """`bbn train --resume RUN` of a run folder as a stop leaves it, its last.pt changed as given."""
+    run = env.tmp / "stopped"
+    cfg = _digits_cfg()
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    (run / ".lock").write_text("")  # as every run leaves it
+    model = create_model(model_name or cfg.model.name, 10, 1)
+    save_checkpoint({"format": 2, "config": {**cfg.to_dict(), **changes}, "epoch": 1, "model": model.state_dict()},
+                    run / "checkpoints" / "last.pt")
+    return ["train", "--resume", str(run), "--no-progress"]
+
+
+def _out_is_a_file(env: Env) -> list[str]:
+    (env.tmp / "notes.txt").write_text("mine")
+    return ["train", "digits_bbn", "--out", str(env.tmp / "notes.txt")]
 
 
 def _out_below_a_file(env: Env) -> list[str]:
@@ -407,6 +426,14 @@ CASES: list[Case] = [
          _existing_run, ("already exists", "--resume")),
     Case("env-disk-full", "environment", "a full disk at the first checkpoint", "free disk space, run again",
          _disk_full_first_checkpoint, ("cannot write the run folder", "No space left on device", "free disk space")),
+    Case("env-out-is-a-file", "environment", "an existing file as --out", "choose a folder",
+         _out_is_a_file, ("notes.txt", "is a file, not a folder", "choose a folder")),
+    Case("env-resume-edited-config", "environment", "--resume of a run whose config.yaml was edited",
+         "set the key back, or start a new run", lambda e: _stopped_run(e, seed=3),
+         ("config.yaml' says seed=0", "last.pt' was trained with 3", "set seed back")),
+    Case("env-resume-other-model", "environment", "--resume of a run whose last.pt holds another model",
+         "put back the run's own last.pt", lambda e: _stopped_run(e, model_name="bbn_resnet32"),
+         ("last.pt' does not fit the model of", "config.yaml", "put back the run's own last.pt")),
     Case("env-resume-not-a-run", "environment", "--resume of a folder that is no run", "pass the run folder",
          lambda e: ["train", "--resume", str(e.tmp)], ("not a run folder", "bbn train wrote")),
     # checkpoint

@@ -121,7 +121,7 @@ def test_resume_refuses_a_planted_last_checkpoint(tmp_path: Path, marker: Path,
     before = last.read_bytes()
     assert_bad_input(["train", "--resume", str(run)], capsys, "last.pt")
     assert not marker.exists()
-    assert last.read_bytes() == before and sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    assert last.read_bytes() == before and sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.yaml"]
 
 
 def test_a_real_checkpoint_still_loads(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import yaml
 from kill_harness import without_timing
 
 from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from bbn.config import load_config
+from bbn.config import load_config, save_config
 from bbn.runs import RunDir, read_metrics
 from bbn.errors import BBNError
 from bbn.runner import continue_run, resume_run, start_run
@@ -121,11 +121,16 @@ def test_continue_run_starts_reuses_and_restarts_an_empty_folder(finished: tuple
     lines: list[str] = []
     again, reused = continue_run(load_config(None, TINY), run.root, progress=False, log=lines.append)
     assert reused == json.loads(run.final.read_text()) and lines == [f"reusing the finished run {run.root}"]
-    # a folder made but stopped before its first epoch holds nothing to keep: started afresh
+    # a folder stopped before its first epoch is restarted in place; one of another config is
+    # refused, and nothing in it deleted
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
     (empty / "config.yaml").write_text("name: whatever\n")
     cfg = load_config(None, [*TINY, "train.epochs=1"])
+    with pytest.raises(BBNError, match="was trained with "):
+        continue_run(cfg, empty, progress=False, log=_quiet)
+    assert (empty / "config.yaml").read_text() == "name: whatever\n"
+    save_config(cfg, empty / "config.yaml")
     _, fresh = continue_run(cfg, empty, progress=False, log=_quiet)
     assert fresh["epochs"] == 1
     with pytest.raises(BBNError, match="was trained with train.epochs=1, not 4"):

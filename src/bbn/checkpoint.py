@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bbn.errors import BBNError, first_line
+from bbn.faults import fault_point
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
 # The state dict's own layout. 2: + Python/NumPy RNG states and `partial` (a mid-epoch
@@ -76,6 +77,7 @@ def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("checkpoint.temp_written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -127,6 +129,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
             pass  # never let a damaged file replace the previous good one
         else:
             _keep_as_previous(path)
+            fault_point("checkpoint.previous_kept")
     _write_atomically(path, lambda f: torch.save(container, f))
     _fsync_dir(path.parent)
 

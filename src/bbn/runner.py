@@ -1,87 +1,117 @@
 """Start, continue or resume a run folder: the entry points of `bbn train` (one process or
-several under torchrun), on top of the training loop of bbn.train."""
+several under torchrun), on top of the training loop of bbn.train. Rank 0 holds the run
+folder's lock (RUN/.lock) from before its first write to the end; nothing here removes a
+file it did not write."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bbn.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
-from bbn.distributed import World, barrier, broadcast_object, init_world
+from bbn.distributed import World, broadcast_object, init_world
 from bbn.errors import BBNError
+from bbn.faults import fault_point
 from bbn.models import num_params
-from bbn.runs import RunDir, check_same_config, create_run_dir, default_run_path, never_trained, stopped_run
-from bbn.train import build_session, fit, position, quiet_log, restore
+from bbn.runs import (RunDir, check_checkpoint_config, check_same_config, create_run_dir, default_run_path,
+                      restart_in_place, stopped_run)
+from bbn.train import Session, build_session, fit, position, quiet_log, restore
 
 
 def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
     """A new run: everything is validated before the run folder is created."""
     session = build_session(cfg)
-    run = _create_shared_run_dir(session.world, out if out is not None else default_run_path(cfg), cfg)
-    if not session.world.is_main:
-        return run, fit(session, run, progress, log)
-    log(f"run folder: {run.root}  ({len(session.data.train)} training images, "
-        f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
-        f"device {session.device})")
-    with stopped_run(run, fresh=True):  # an error before the first last.pt removes the folder again
-        return run, fit(session, run, progress, log)
+    path = out if out is not None else default_run_path(cfg)
+    run = _on_rank0(session.world, lambda: create_run_dir(path, cfg), RunDir(path))
+    try:
+        return run, _fit_fresh(session, run, progress, log, "run folder: ")
+    finally:
+        run.lock.release()
 
 
-def _create_shared_run_dir(world: World, path: str | Path, cfg: Config) -> RunDir:
-    """Rank 0 creates the run folder; every rank gets its path, or rank 0's error."""
-    made: tuple[str | None, str] = (None, str(path))
-    run = None
+def _on_rank0(world: World, make: Callable[[], RunDir], other: RunDir) -> RunDir:
+    """`make()` on rank 0 (which creates or locks the folder); every rank gets rank 0's error."""
+    run, error = other, None
     if world.is_main:
         try:
-            run = create_run_dir(path, cfg)  # knows which folders it made (removed again on an early error)
-            made = (None, str(run.root))
+            run = make()
         except BBNError as exc:
-            made = (str(exc), str(path))
-    error, root = broadcast_object(made, world)
+            error = str(exc)
+    error = broadcast_object(error, world)
     if error is not None:
         raise BBNError(error)
-    return run if run is not None else RunDir(root)
+    root = broadcast_object(str(run.root), world)
+    return run if world.is_main else RunDir(root)
+
+
+def _fit_fresh(session: Session, run: RunDir, progress: bool, log, said: str) -> dict[str, Any]:
+    """Train a locked run folder holding config.yaml and no last.pt from the start."""
+    if not session.world.is_main:
+        return fit(session, run, progress, log)
+    log(f"{said}{run.root}  ({len(session.data.train)} training images, "
+        f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
+        f"device {session.device})")
+    fault_point("run.created")
+    with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
+        return fit(session, run, progress, log)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
                  log=print) -> tuple[RunDir, dict[str, Any]]:
     """The run of `cfg` in folder `out`, whatever state it is in: a finished one is reused, a
-    stopped one resumed, one that never finished an epoch (or none) started afresh. A folder
-    made with a config that learns something else is an error."""
+    stopped one resumed (from the start when it stopped before its first checkpoint), a
+    missing or empty one started. A folder made with a config that learns something else is
+    an error; nothing is deleted."""
     run = RunDir(out)
     world, _ = init_world(cfg.train.device)
-    if run.root.is_dir() and run.config.is_file() and not never_trained(run):
+    if run.root.is_dir() and run.config.is_file():
         check_same_config(run, cfg)
         if run.final.is_file():
             log(f"reusing the finished run {run.root}")
             return run, json.loads(run.final.read_text()) if world.is_main else {}
         return resume_run(run.root, progress=progress, log=log)
-    barrier(world)  # every rank has looked before rank 0 removes a folder that never trained
-    if world.is_main and run.root.is_dir() and any(run.root.iterdir()) and never_trained(run):
-        shutil.rmtree(run.root)  # made, but stopped before its first checkpoint: nothing to keep
     return start_run(cfg, run.root, progress=progress, log=log)
 
 
 def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
-    """Continue a stopped run from its last.pt with its own config, to the same result."""
+    """Continue a stopped run from its last.pt with its own config, to the same result; one
+    that stopped before its first last.pt starts again in place."""
     run = RunDir(path)
     if not run.config.is_file():
         raise BBNError(f"'{run.root}' is not a run folder (no config.yaml); pass the folder bbn train wrote")
-    if not run.last.is_file():
-        raise BBNError(f"'{run.root}' has no checkpoints/last.pt to resume from; start it again with bbn train --out")
     cfg = build_config(read_yaml(run.config))
-    payload = load_checkpoint(run.last)
-    if payload.get("format") not in RESUMABLE_FORMATS:
-        raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
-                       f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
-    session = build_session(cfg, pretrained=False)
-    restore(session, payload)
-    if not session.world.is_main:
-        log = quiet_log
-    where = position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
-    log(f"resuming {run.root} {where}")
-    with stopped_run(run, fresh=False):
-        return run, fit(session, run, progress, log)
+    world, _ = init_world(cfg.train.device)
+    run = _on_rank0(world, lambda: _locked(run), run)
+    try:
+        if not run.last.is_file():
+            session = build_session(cfg)
+            if session.world.is_main:
+                restart_in_place(run)
+            return run, _fit_fresh(session, run, progress, log, "restarting from the start (no checkpoint yet): ")
+        payload = load_checkpoint(run.last)
+        if payload.get("format") not in RESUMABLE_FORMATS:
+            raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
+                           f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
+        check_checkpoint_config(run, cfg, payload)
+        session = build_session(cfg, pretrained=False)
+        try:
+            restore(session, payload)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise BBNError(f"checkpoint '{run.last}' does not fit the model of '{run.config}' ({detail}); "
+                           "put back the run's own last.pt, or start a new run with bbn train --out") from None
+        if not session.world.is_main:
+            log = quiet_log
+        where = position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
+        log(f"resuming {run.root} {where}")
+        with stopped_run(run, fresh=False):
+            return run, fit(session, run, progress, log)
+    finally:
+        run.lock.release()
+
+
+def _locked(run: RunDir) -> RunDir:
+    run.lock.acquire()
+    return run

@@ -1,9 +1,11 @@
 """The run folder contract (DESIGN.md): config.yaml, metrics.jsonl, final.json,
-checkpoints/last.pt and best.pt, report.md with plots."""
+checkpoints/last.pt and best.pt, report.md with plots, and .lock, held by the one process
+that works on the folder."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -22,6 +24,8 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.created: Path | None = None  # the outermost folder create_run_dir made, if any
+        self.before: frozenset[str] | None = None  # names in the folder before this process wrote any
+        self.lock = RunLock(self.root)
 
     config = property(lambda self: self.root / "config.yaml")
     metrics = property(lambda self: self.root / "metrics.jsonl")
@@ -31,6 +35,49 @@ class RunDir:
     best = property(lambda self: self.root / "checkpoints" / "best.pt")
     tensorboard = property(lambda self: self.root / "tensorboard")
     skipped_images = property(lambda self: self.root / "skipped_images.txt")  # unreadable image files
+
+
+LOCK_NAME = ".lock"
+# What a run writes before its first last.pt: all `discard_run` may remove, and only those of
+# them that were not there before (the temporary names are bbn's own).
+EARLY_NAMES = ("config.yaml", ".config.yaml.tmp", "checkpoints", "tensorboard", "skipped_images.txt", LOCK_NAME)
+
+
+class RunLock:
+    """An exclusive `flock` on RUN/.lock (holding the holder's process id), so that one process
+    at a time trains a run folder. The kernel drops it when the process ends, killed or not."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Hold the lock, or raise a BBNError naming the process that holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                return  # a folder nobody can write: nothing to guard (writing fails in one line)
+            raise BBNError(f"cannot open '{self.path}' ({exc.strerror or exc}); check the run folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BBNError(f"run folder '{self.path.parent}' is in use by process {holder} (it holds "
+                           f"{self.path}); wait for that process to end or stop it, or choose another --out") from None
+        except OSError:  # a file system without locks: run unguarded, as before
+            os.close(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty .lock: no process holds the folder
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
 
 
 # Keys that change how a run is executed, not what it learns: a reused run may differ in them.
@@ -50,47 +97,98 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_same_config(run: RunDir, cfg: Config) -> None:
-    """A run folder may be reused or resumed only if it learns what `cfg` asks for."""
-    saved = _flatten(build_config(read_yaml(run.config)).to_dict())
-    wanted = _flatten(cfg.to_dict())
+def _first_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first key (execution-only keys aside) whose values differ: (key, saved, wanted)."""
+    saved, wanted = _flatten(saved), _flatten(wanted)
     for key in wanted:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
-            raise BBNError(f"'{run.root}' was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
-                           "choose another --out or delete that folder")
+            return key, saved.get(key), wanted[key]
+    return None
 
 
-def never_trained(run: RunDir) -> bool:
-    """The folder was created but stopped before its first epoch was written: nothing to keep."""
-    if run.last.is_file() or run.metrics.is_file() or run.final.is_file():
-        return False
-    known = {run.config, run.checkpoints, run.tensorboard, run.skipped_images}
-    return all(p in known for p in run.root.iterdir()) and not any(run.checkpoints.glob("*.pt"))
+def check_same_config(run: RunDir, cfg: Config) -> None:
+    """A run folder may be reused or resumed only if it learns what `cfg` asks for."""
+    diff = _first_difference(build_config(read_yaml(run.config)).to_dict(), cfg.to_dict())
+    if diff is not None:
+        key, saved, wanted = diff
+        raise BBNError(f"'{run.root}' was trained with {key}={saved!r}, not {wanted!r}; "
+                       "choose another --out or delete that folder")
+
+
+def check_checkpoint_config(run: RunDir, cfg: Config, payload: dict[str, Any]) -> None:
+    """last.pt continues the run of config.yaml only if it was trained with that config
+    (execution-only keys aside): an edited config.yaml or another run's last.pt is refused."""
+    try:
+        saved = build_config(payload["config"]).to_dict()
+    except (BBNError, TypeError, ValueError):
+        saved = payload["config"] if isinstance(payload["config"], dict) else {}
+    diff = _first_difference(saved, cfg.to_dict())
+    if diff is not None:
+        key, saved_value, wanted = diff
+        raise BBNError(f"'{run.config}' says {key}={wanted!r} but '{run.last}' was trained with {saved_value!r}; "
+                       f"set {key} back in config.yaml (or put back the run's own last.pt), or start a new run "
+                       "with bbn train --out")
 
 
 def default_run_path(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _is_leftover(path: Path) -> bool:
+    """bbn's own empty remains of a run folder stopped while it was being created."""
+    if path.name == "checkpoints":
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    return path.name in (LOCK_NAME, ".config.yaml.tmp")
+
+
 def create_run_dir(path: str | Path, cfg: Config) -> RunDir:
-    """Create a fresh run folder holding config.yaml. An existing non-empty folder is an
-    error (never overwritten, never a question)."""
+    """Create a fresh run folder holding config.yaml, and lock it (released by the caller).
+    An existing folder holding anything but bbn's own empty remains is an error (never
+    overwritten, never a question)."""
     run = RunDir(path)
-    if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
-        raise BBNError(
-            f"run folder '{run.root}' already exists; continue it with "
-            f"'bbn train --resume {run.root}' or choose another --out"
-        )
+    if run.root.exists() and not run.root.is_dir():
+        raise BBNError(f"--out '{run.root}' is a file, not a folder; choose a folder (new or empty) for the run")
+    if run.root.is_dir() and not all(_is_leftover(p) for p in run.root.iterdir()):
+        raise _exists(run)
     run.created = _first_missing(run.root)
     try:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
+        run.root.mkdir(parents=True, exist_ok=True)
+        before = frozenset(p.name for p in run.root.iterdir())
+        run.lock.acquire()
+        if not all(_is_leftover(p) for p in run.root.iterdir()):  # made by another process meanwhile
+            run.lock.release()
+            raise _exists(run)
+        run.before = before
+        run.checkpoints.mkdir(exist_ok=True)
+        write_config(run, cfg)
     except OSError as exc:
         discard_run(run)
         raise BBNError(
             f"cannot write the run folder '{run.root}' ({exc.strerror or exc}); choose a writable --out"
         ) from None
     return run
+
+
+def _exists(run: RunDir) -> BBNError:
+    if run.config.is_file():
+        return BBNError(f"run folder '{run.root}' already exists; continue it with "
+                        f"'bbn train --resume {run.root}' or choose another --out")
+    return BBNError(f"'{run.root}' is not empty and holds no bbn run (no config.yaml); "
+                    "choose a new or empty folder for --out")
+
+
+def write_config(run: RunDir, cfg: Config) -> None:
+    """config.yaml, written whole or not at all."""
+    tmp = run.root / ".config.yaml.tmp"
+    save_config(cfg, tmp)
+    os.replace(tmp, run.config)
+
+
+def restart_in_place(run: RunDir) -> None:
+    """Prepare a locked run folder that stopped before its first last.pt for a fresh start:
+    its config.yaml is kept, and so is every file that is already there."""
+    run.before = frozenset(p.name for p in run.root.iterdir())
+    run.checkpoints.mkdir(exist_ok=True)
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -134,16 +232,28 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def discard_run(run: RunDir) -> None:
-    """Remove what `create_run_dir` made: its outermost new folder, or the contents of a
-    folder that existed (empty) before."""
-    if run.created is not None:
-        shutil.rmtree(run.created, ignore_errors=True)
-    elif run.root.is_dir():
-        for child in run.root.iterdir():
+    """Remove what this process wrote into a run that stopped before its first last.pt: the
+    names of EARLY_NAMES that were not there before (`run.before`), then the folders it
+    created when empty. Nothing else is ever removed."""
+    if run.root.is_dir():
+        before = run.before or frozenset()
+        for name in EARLY_NAMES:
+            child = run.root / name
+            if name in before:
+                continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+    run.lock.release()
+    if run.created is not None:
+        for folder in (run.root, *run.root.parents):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            if folder == run.created:
+                break
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -180,7 +290,8 @@ def stopped_run(run: RunDir, fresh: bool) -> Iterator[None]:
         cause = "free disk space" if exc.errno in _NO_SPACE else (
             f"make '{run.root}' writable" if exc.errno in _NOT_WRITABLE else "check the disk")
         then = (f"then continue with 'bbn train --resume {run.root}' (checkpoints/last.pt is intact)"
-                if resumable else "then start the run again (the unfinished run folder was removed)")
+                if resumable else "then start the run again (the unfinished run folder was removed)" if not run.root.exists()
+                else "then start the run again (what the unfinished run wrote was removed)")
         raise BBNError(f"cannot write the run folder '{run.root}' ({exc.strerror or exc}); {cause}, {then}") from None
 
 

@@ -20,14 +20,15 @@ from tqdm import tqdm
 
 from bbn.analysis import classifier_weight_norms
 from bbn import preemption
-from bbn.checkpoint import CHECKPOINT_FORMAT, rng_states, save_checkpoint, set_rng_states
+from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
 from bbn.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, check_batch,
                              data_parallel, init_world, rank_generator, shard_batches)
-from bbn.errors import Preempted
+from bbn.errors import BBNError, Preempted
+from bbn.faults import fault_point
 from bbn.evaluate import evaluate, evaluate_branches, resolve_device
 from bbn.methods import METHODS, Method
 from bbn.models import create_model, num_params
@@ -212,6 +213,7 @@ def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dic
                 post.update({key: f"{value:.3f}" for key, value in logged.items() if value is not None})
                 bar.set_postfix(post, refresh=False)
             bar.update(1)
+            fault_point("train.step")
             if agree(preemption.requested() is not None, world) and i < steps:
                 loss_sum, acc_sum = all_reduce_mean(torch.stack([loss_sum, acc_sum]), world).unbind()
                 if not math.isfinite(loss_sum.item()):
@@ -278,8 +280,9 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
         progress, log = False, quiet_log
     for images in (s.train_set, s.test_set):  # unreadable image files are listed there
         images.set_skip_log(run.skipped_images if main else None)
-    if s.history and main:  # metrics.jsonl agrees with last.pt, whatever moment a kill hit
+    if s.history and main:  # metrics.jsonl and best.pt agree with last.pt, whatever moment a kill hit
         write_metrics(run.metrics, s.history)
+        _complete_best(s, run)
     saved = position(s) if run.last.is_file() else None
     writer = _tensorboard(run, cfg.train.tensorboard and main)
     try:
@@ -312,9 +315,23 @@ def quiet_log(*_: Any) -> None:
     """The log of ranks other than 0."""
 
 
+def _complete_best(s: Session, run: RunDir) -> None:
+    """Write best.pt when last.pt is the best epoch and best.pt does not hold it yet: a kill
+    between the two writes of `_end_epoch` (last.pt is the run's commit point)."""
+    if s.partial is not None or s.epoch == 0 or s.best_epoch != s.epoch:
+        return
+    try:
+        if run.best.is_file() and load_checkpoint(run.best, warn=quiet_log)["epoch"] == s.epoch:
+            return
+    except BBNError:
+        pass  # unreadable: written again below
+    save_checkpoint(_state(s), run.best)
+
+
 def _end_epoch(s: Session, run: RunDir, row: dict[str, Any], writer: Any) -> str:
-    """Evaluate when due, then write best.pt, last.pt and metrics.jsonl (rank 0; the other
-    ranks wait); returns where last.pt stands."""
+    """Evaluate when due, then write last.pt (the commit point: a resume starts from it),
+    best.pt and metrics.jsonl, both derived from it and completed by a resume (rank 0; the
+    other ranks wait); returns where last.pt stands."""
     cfg = s.cfg
     s.epoch = row["epoch"]
     s.train_s += row["epoch_s"]
@@ -330,11 +347,15 @@ def _end_epoch(s: Session, run: RunDir, row: dict[str, Any], writer: Any) -> str
         if is_best:
             s.best_top1, s.best_epoch = row["val_top1"], s.epoch
     s.history.append(row)
+    fault_point("train.evaluated")
     state = _state(s)
+    save_checkpoint(state, run.last, keep_previous=True)
+    fault_point("train.last_written")
     if is_best:
         save_checkpoint(state, run.best)
-    save_checkpoint(state, run.last, keep_previous=True)
+    fault_point("train.best_written")
     write_metrics(run.metrics, s.history)
+    fault_point("train.metrics_written")
     if writer is not None:
         for key, value in row.items():
             if key != "epoch" and value is not None:
@@ -368,6 +389,8 @@ def finish(s: Session, run: RunDir) -> dict[str, Any]:
         branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     if branches is not None:
         final["branches"] = branches
+    fault_point("finish.evaluated")
     write_report(run.root, final, s.history, s.cfg.to_dict())
+    fault_point("finish.report_written")
     write_json(run.final, final)  # last: final.json marks a finished run
     return final
