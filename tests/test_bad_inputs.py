@@ -41,7 +41,8 @@ DOC = Path(__file__).parents[1] / "docs" / "bad_inputs.md"
 CATEGORIES = ("data files", "user arrays", "image files", "config", "environment", "checkpoint")
 FAST = ["train.tensorboard=false", "train.threads=1", "--no-progress"]
 CIFAR_ARGS = ["cifar10_ir100_bbn", "data.imbalance_ratio=2"]  # the fixture's 3 images per class
-TINY_DIGITS = ["digits_ce", "data.n_max=20", "train.batch_size=16", "train.epochs=2", *FAST]
+TINY_DIGITS = ["digits_ce", "data.n_max=20", "train.batch_size=16", "train.epochs=2", "train.milestones=[1]",
+               "train.warmup_epochs=0", *FAST]  # a schedule that fits: no budget warning
 
 
 @dataclass
@@ -189,6 +190,13 @@ def config_file(text: str | bytes, *overrides: str) -> Callable[[Env], list[str]
         path.write_bytes(text if isinstance(text, bytes) else text.replace("MARKER", str(env.marker)).encode())
         return ["train", str(path), *overrides, "--out", str(env.out)]
     return make
+
+
+# Nine levels of nine aliases each: 366 bytes that stand for 9^9 = 387 million values once expanded.
+ALIAS_BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+              + "".join(f"{n}: &{n} [{','.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+              + "train:\n  milestones: *i\n")
+HUGE_LIST = "augment:\n  mean: [" + ",".join(["0.5"] * 1_300_000) + "]\n"  # about 5 MB
 
 
 def _digits_cfg():
@@ -390,6 +398,35 @@ CASES: list[Case] = [
     Case("config-milestones-late", "config", "a milestone after the last epoch", "give milestones <= epochs",
          train_digits("train.epochs=10", "train.milestones=[5,20]"),
          ("train.milestones=[5, 20] has epoch 20 after the last epoch", "<= 10")),
+    Case("config-milestones-before-epochs", "config", "milestones given before a shorter train.epochs",
+         "give milestones <= epochs (in any order)", train_digits("train.milestones=[5,20]", "train.epochs=10"),
+         ("train.milestones=[5, 20] has epoch 20 after the last epoch", "<= 10")),
+    Case("config-unread-data-root", "config", "data.root for a source that does not read it (digits)",
+         "drop it or choose a source that reads it", train_digits("data.root=folder", "data.n_max=20", "train.epochs=1"),
+         ("data.root is read by sources", "image_folder", "not by source 'digits'", "data.source=")),
+    Case("config-unread-method-key", "config", "a method key the chosen method does not read",
+         "drop it or choose a method that reads it", train_digits("method.focal_gamma=2", "data.n_max=20", "train.epochs=1"),
+         ("method.focal_gamma is read by methods focal, cb_focal, not by method 'bbn'", "method.name=")),
+    Case("config-unread-key-file", "config", "a key in the user's YAML that the run does not read",
+         "drop it or choose a model that reads it",
+         config_file("model:\n  name: resnet32\n  pretrained: weights.pt\nmethod:\n  name: ce\n"),
+         ("model.pretrained is read by models resnet50, bbn_resnet50, not by model 'resnet32'",)),
+    Case("config-bool-number", "config", "true/false given for a number", "give a number",
+         train_digits("train.epochs=true"), ("train.epochs", "true/false is not a number")),
+    Case("config-duplicate-key", "config", "a key repeated in a YAML mapping", "keep one of them",
+         config_file("train:\n  epochs: 3\n  epochs: 5\n"), ("repeats the key 'epochs' at line 3", "first at line 2")),
+    Case("config-seed-too-large", "config", "seed=2**32 (NumPy takes seeds below 2**32)", "give a seed in range",
+         train_digits("seed=4294967296"), ("config key 'seed'", "4294967295")),
+    Case("config-subset-seed-too-large", "config", "data.subset_seed=2**32", "give a seed in range",
+         train_digits("data.subset_seed=4294967296"), ("config key 'data.subset_seed'", "4294967295")),
+    Case("config-device-unknown", "config", "train.device=meta (not a device bbn runs on)", "use auto, cpu, cuda, cuda:N or mps",
+         train_digits("train.device=meta"), ("train.device", "'meta' is not one bbn runs on", "cuda:N")),
+    Case("config-alias-bomb", "config", "a YAML alias bomb (366 bytes standing for 387 million values)",
+         "write the values out", config_file(ALIAS_BOMB), ("more than 10,000 values", "aliases")),
+    Case("config-huge-file", "config", "a 5 MB config file", "pass a config file",
+         config_file(HUGE_LIST), ("5,", "bytes, more than the 100,000")),
+    Case("config-huge-value", "config", "a 90 KB list as an override", "give a short value",
+         train_digits("augment.mean=[" + ",".join(["0.5"] * 22_000) + "]"), ("more than 10,000 values",)),
     Case("config-warmup-long", "config", "a warm-up longer than the run", "shorten the warm-up",
          train_digits("train.epochs=3", "train.warmup_epochs=5"), ("train.warmup_epochs=5", "longer than the run")),
     Case("config-batch-too-large", "config", "a batch larger than the training set", "lower the batch size",
@@ -420,6 +457,11 @@ CASES: list[Case] = [
     Case("config-stray-argument", "config", "a second positional argument", "one CONFIG, then key=value",
          lambda e: ["train", "digits_bbn", "epochs", "--out", str(e.out)], ("unexpected argument 'epochs'", "key=value")),
     # environment
+    Case("env-device-missing", "environment", "train.device=mps on a machine without it", "use an available device",
+         train_digits("train.device=mps"), ("device 'mps' is not available on this machine", "available: cpu")),
+    Case("env-device-missing-eval", "environment", "eval --device mps on a machine without it", "use an available device",
+         lambda env: ["eval", str(checkpoint_file(env)), "--device", "mps"],
+         ("device 'mps' is not available on this machine", "available: cpu")),
     Case("env-out-below-file", "environment", "--out below a file (unwritable)", "choose a writable --out",
          _out_below_a_file, ("cannot write the run folder", "a-file", "writable --out")),
     Case("env-out-exists", "environment", "--out naming an existing run", "--resume it or choose another --out",
@@ -545,19 +587,6 @@ def test_fresh_processes_print_one_line_and_no_traceback(tmp_path: Path, cifar_s
         assert len(lines) == 1 and lines[0].startswith("bbn: error: ") and "Traceback" not in stderr, stderr
         assert all(word in lines[0] for word in case.words), lines[0]
         assert snapshot(env.tmp) == before
-
-
-def test_a_later_train_epochs_is_a_budget_that_keeps_the_schedule(tmp_path: Path) -> None:
-    """Schedule overrides must fit the run, unless a train.epochs given after them shortens it."""
-    assert load_config("digits_bbn", ["train.epochs=2"]).train.milestones == [40, 52]  # the preset's
-    assert load_config(None, ["train.milestones=[3]", "train.warmup_epochs=2", "train.epochs=1"]).train.epochs == 1
-    with pytest.raises(BBNError, match="has epoch 3 after the last epoch"):
-        load_config(None, ["train.epochs=1", "train.milestones=[3]"])
-    with pytest.raises(BBNError, match="longer than the run"):
-        load_config(None, ["train.epochs=1", "train.warmup_epochs=2"])
-    shortened = load_config(None, ["train.epochs=2"])
-    save_config(shortened, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == shortened  # a run's config.yaml re-runs as is
 
 
 # --- a full disk during training ------------------------------------------------------------

@@ -180,3 +180,22 @@ def test_bad_input_in_a_fresh_process_has_no_traceback(tmp_path: Path) -> None:
         "bbn: error: unknown config key 'train.epoch'; did you mean 'train.epochs'?"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_budget_run_of_a_preset_warns_once_and_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train.epochs=N` shorter than the preset's schedule: one warning line, then the run."""
+    code = main(["train", "digits_bbn", "train.epochs=1", "data.n_max=20", *FAST, "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line for line in err.splitlines() if line.startswith("bbn:")] == [
+        "bbn: warning: train.epochs=1 ends the run before the learning-rate step at epoch 40, 52 "
+        "(train.milestones) and the end of the 5-epoch warm-up (train.warmup_epochs): the shortened run "
+        "keeps the schedule, so they never apply"]
+    assert (tmp_path / "run" / "final.json").is_file()
+
+
+@pytest.mark.parametrize("command", [["predict", "model.pt", "image.png"], ["eval", "model.pt"]])
+def test_a_device_option_is_checked_like_train_device(command: list[str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert_bad_input([*command, "--device", "meta"], capsys, "device 'meta' is not one bbn runs on", "cuda:N")

@@ -17,6 +17,7 @@ from bbn.config import (
     read_yaml,
     resolve_config_path,
     save_config,
+    valid_keys,
 )
 from bbn.errors import BBNError
 from bbn.methods import METHODS
@@ -237,3 +238,226 @@ def test_unknown_preset_suggests_the_closest() -> None:
         load_config("cifar10_ir100_bbm")
     with fails("digits_bbn"):
         load_config("digit_bbn")
+
+
+# --- every key the user gives is read (issue 10, item 5) ----------------------------------
+
+
+@pytest.mark.parametrize("preset,override,parts", [
+    ("digits_bbn", "data.root=folder", ("data.root is read by sources", "image_folder", "not by source 'digits'",
+                                        "data.source=NAME")),
+    ("digits_bbn", "method.focal_gamma=2", ("method.focal_gamma is read by methods focal, cb_focal", "not by method 'bbn'",
+                                            "method.name=NAME")),
+    ("digits_bbn", "data.strict=true", ("data.strict is read by sources", "not by source 'digits'")),
+    ("digits_ce", "model.pretrained=w.pt", ("model.pretrained is read by models resnet50, bbn_resnet50",
+                                            "not by model 'resnet32'")),
+    ("digits_ce", "method={name: ce, cb_beta: 0.5}", ("method.cb_beta is read by methods", "not by method 'ce'")),
+    ("image_folder_bbn", "augment.crop_padding=2", ("augment.crop_padding is read by sources",
+                                                "not by source 'image_folder'")),
+    ("cifar10_ir10_ce_drw", "method.ldam_scale=10", ("method.ldam_scale is read by methods ldam_drw",)),
+])
+def test_a_given_key_the_run_does_not_read_is_refused(preset: str, override: str, parts: tuple[str, ...]) -> None:
+    with fails(*parts):
+        load_config(preset, [override])
+
+
+def test_a_key_is_read_once_the_run_chooses_its_reader(tmp_path: Path) -> None:
+    assert load_config("digits_bbn", ["method.name=focal", "model.name=resnet32", "method.focal_gamma=2"]
+                       ).method.focal_gamma == 2
+    assert load_config("digits_bbn", ["data.source=image_folder", "data.root=folder"]).data.root == "folder"
+    (tmp_path / "mine.yaml").write_text("method:\n  name: ce\n  focal_gamma: 2\nmodel: {name: resnet32}\n")
+    with fails("method.focal_gamma is read by methods focal, cb_focal, not by method 'ce'"):
+        load_config(tmp_path / "mine.yaml")  # the user's own file: its keys are given
+
+
+def test_a_preset_and_a_saved_config_are_not_given_keys(tmp_path: Path) -> None:
+    """A preset's keys are the base, not the user's; a run's resolved config.yaml (every key,
+    method.focal_gamma of a BBN run included) re-runs as is."""
+    cfg = load_config("digits_bbn", ["train.epochs=2"], warn=lambda message: None)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml", warn=lambda message: None) == cfg
+    assert load_config(PRESETS / "digits_bbn.yaml") == load_config("configs/digits_bbn.yaml")
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_sets_only_keys_its_run_reads(name: str) -> None:
+    from bbn.readers import leaf_keys, unread_reason
+
+    tree = read_yaml(resolve_config_path(name))
+    cfg = build_config(tree)
+    assert [r for r in (unread_reason(cfg, key) for key in leaf_keys(tree)) if r] == []
+
+
+def test_every_key_has_a_reader_and_every_declared_key_exists() -> None:
+    from bbn.readers import always_read, kinds
+
+    leaves = {k for k in valid_keys() if k not in Config.model_fields or k in ("name", "seed")}
+    entries = kinds(Config())
+    declared = {key for kind in entries for name in kind.registry.names() for key in kind.registry.reads(name)}
+    assert declared <= leaves
+    assert {k for k in leaves if not always_read(k)} == declared
+
+
+@pytest.mark.parametrize("override", ["train.epochs=true", "train.lr=false", "augment.mean=[true]",
+                                      "data.n_max=true", "method.defer_epoch=false", "seed=true"])
+def test_booleans_are_not_numbers(override: str) -> None:
+    with fails(override.split("=")[0], "true/false is not a number"):
+        load_config("digits_ce", [override])
+
+
+def test_numbers_stay_numbers(tmp_path: Path) -> None:
+    assert load_config("digits_ce", ["train.lr=1", "train.nesterov=true", "train.lr=1e-3"]).train.lr == 0.001
+    (tmp_path / "mine.yaml").write_text("train:\n  lr: 1\n  epochs: 3\n  milestones: [2]\n  warmup_epochs: 1\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # a YAML int for a float field
+
+
+def test_a_repeated_yaml_key_is_an_error_naming_it_and_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n")
+    with fails(f"config file '{path}' repeats the key 'epochs' at line 4 (first at line 2); keep one"):
+        read_yaml(path)
+    path.write_text("train: {epochs: 3}\ntrain: {lr: 0.1}\n")
+    with fails("repeats the key 'train' at line 2 (first at line 1)"):
+        read_yaml(path)
+    path.write_text("base: &b {epochs: 3}\n")  # anchors and merges stay plain YAML
+    assert read_yaml(path) == {"base": {"epochs": 3}}
+
+
+@pytest.mark.parametrize("first,second", [("train.epochs=2", "train.milestones=[5,20]"),
+                                          ("train.epochs=1", "train.warmup_epochs=2")])
+def test_the_schedule_rule_does_not_depend_on_order(first: str, second: str, tmp_path: Path) -> None:
+    """Milestones or a warm-up the user gives must fit train.epochs, whichever comes first,
+    on the command line or in their own file."""
+    for overrides in ([first, second], [second, first]):
+        with fails("after the last epoch" if "milestones" in second else "longer than the run"):
+            load_config("digits_bbn", overrides)
+    (tmp_path / "mine.yaml").write_text(f"train:\n  {second.split('.')[1].replace('=', ': ')}\n")
+    with fails("after the last epoch" if "milestones" in second else "longer than the run"):
+        load_config(tmp_path / "mine.yaml", [first])
+
+
+def test_a_run_shorter_than_the_presets_schedule_warns_once_and_keeps_it() -> None:
+    """The README's budget use: `train.epochs=N` on a preset shortens the run, keeps its schedule."""
+    warnings: list[str] = []
+    cfg = load_config("cifar10_ir100_bbn", ["train.epochs=10"], warn=warnings.append)
+    assert cfg.train.epochs == 10 and cfg.train.milestones == [120, 160]
+    assert len(warnings) == 1 and "120, 160" in warnings[0] and "never appl" in warnings[0]
+    warnings.clear()
+    load_config("digits_bbn", ["train.epochs=2", "train.milestones=[1]", "train.warmup_epochs=0"],
+                warn=warnings.append)
+    assert warnings == []
+
+
+# --- values in range, devices (item 7) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["seed", "data.subset_seed"])
+def test_seeds_are_bounded_for_numpy(key: str) -> None:
+    with fails(f"config key '{key}'", "less than or equal to 4294967295"):
+        load_config("digits_ce", [f"{key}=4294967296"])
+    assert load_config("digits_ce", [f"{key}=4294967295"])
+
+
+@pytest.mark.parametrize("name", ["meta", "xla", "cuda:x", "CPU", ""])
+def test_a_device_bbn_does_not_run_on_is_refused_by_the_config(name: str) -> None:
+    with fails("config key 'train.device'", "is not one bbn runs on", "auto, cpu, cuda, cuda:N or mps"):
+        build_config({"train": {"device": name}})
+
+
+def test_a_device_the_machine_lacks_names_the_available_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bbn.devices import check_device
+    from bbn.evaluate import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for name in ("mps", "cuda", "cuda:1"):
+        with fails(f"device '{name}' is not available on this machine (available: cpu)"):
+            resolve_device(name)
+    assert check_device("auto") == "cpu" and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1"
+    with fails("(available: cpu, cuda, cuda:0, cuda:1)"):
+        check_device("cuda:2")
+
+
+# --- resource bombs are refused by construction (item 8) -----------------------------------
+
+# Nine levels of nine aliases each: 9^9 = 387 million values in a few hundred bytes.
+ALIAS_BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+              + "".join(f"{n}: &{n} [{','.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")))
+
+
+def test_an_alias_bomb_is_measured_on_the_composed_graph_and_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from bbn.config_yaml import MAX_VALUES, ConfigLoader, expanded_size, load_yaml
+
+    node = yaml.compose(ALIAS_BOMB, Loader=yaml.SafeLoader)
+    distinct, stack = set(), [node]
+    while stack:  # the composed graph holds each aliased node once: a few dozen nodes
+        n = stack.pop()
+        if id(n) not in distinct:
+            distinct.add(id(n))
+            if isinstance(n, yaml.MappingNode):
+                stack += [part for pair in n.value for part in pair]
+            elif isinstance(n, yaml.SequenceNode):
+                stack += n.value
+    assert len(distinct) < 120
+    assert expanded_size(node, limit=MAX_VALUES) > MAX_VALUES  # counting stops past the cap
+
+    def never(*args: object) -> None:
+        raise AssertionError("constructed")
+    monkeypatch.setattr(ConfigLoader, "construct_document", never)
+    with pytest.raises(ValueError, match="more than 10,000 values"):
+        load_yaml(ALIAS_BOMB)  # refused before any Python object is built
+
+
+def test_a_self_referring_alias_is_refused() -> None:
+    from bbn.config_yaml import YAMLRefused, load_yaml
+
+    with pytest.raises(YAMLRefused, match="refers to a value that contains it"):
+        load_yaml("a: &a [1, *a]\n")
+
+
+def test_a_config_file_over_the_size_cap_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    from bbn.config_yaml import MAX_CONFIG_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("augment:\n  mean: [" + ",".join(["0.5"] * 1_300_000) + "]\n")  # about 5 MB
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read"))
+    with fails(f"is {path.stat().st_size:,} bytes, more than the {MAX_CONFIG_BYTES:,}") as info:
+        read_yaml(path)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("override", [
+    "augment.mean=[" + ",".join(["0.5"] * 20_000) + "]",  # over the value cap
+    "train.milestones=[" + ",".join(["5"] * 9_000) + "]",  # under it: refused by validation, quoted short
+    "data.source=" + "x" * 100_000,
+    "train.device=" + "x" * 100_000,
+    "train.precision=" + "x" * 100_000,
+    "x" * 100_000 + "=1",
+    "x" * 100_000,
+])
+def test_an_error_line_stays_short_whatever_the_value(override: str) -> None:
+    from bbn.train import check_names
+
+    with pytest.raises(BBNError) as info:
+        check_names(load_config("digits_bbn", [override]))
+    message = str(info.value)
+    assert len(message) < 1500 and max(map(len, re.findall(r"x+|(?:0\.5,)+|(?:5, )+", message))) <= 120, message
+
+
+def test_quote_is_bounded_for_any_value() -> None:
+    from bbn.errors import MAX_MESSAGE, quote
+
+    shared: list = ["lol"] * 9
+    for _ in range(9):
+        shared = [shared] * 9  # 9^10 leaves through shared references: never walked in full
+    assert len(quote(shared)) <= 80 and len(quote("y" * 10**7, 50)) == 50 and quote("short") == "short"
+    assert len(str(BBNError("z" * 10**7))) <= MAX_MESSAGE + 5

@@ -117,3 +117,27 @@ def test_reproduce_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bbn: error: unknown config key 'train.epoch'; did you mean 'train.epochs'?"]
     assert not (tmp_path / "r").exists()
+
+
+def test_an_override_applies_to_the_configs_that_read_it_and_the_table_says_so(tmp_path: Path) -> None:
+    from bbn.reproduce import override_notes
+
+    overrides = [*QUICK, "method.focal_gamma=2"]
+    warnings: list[str] = []
+    jobs = plan(["digits_bbn", "digits_focal"], 1, overrides, [], tmp_path, warn=warnings.append)
+    assert [job.build().method.focal_gamma for job in jobs] == [1.0, 2.0]
+    assert "method.focal_gamma=2" not in jobs[0].overrides and "method.focal_gamma=2" in jobs[1].overrides
+    assert len(warnings) == len(set(warnings)) == 1 and warnings[0].startswith("bbn: warning: train.epochs=1")
+    notes = override_notes(jobs, overrides)
+    assert notes == ["`method.focal_gamma=2` applies only to digits_focal (the other configs do not read it)."]
+    finals = [{"top1": 50.0, "best_top1": 50.0, "many": 50.0, "medium": 50.0, "few": 50.0}] * 2
+    assert "\nNote: `method.focal_gamma=2` applies only to digits_focal" in render(
+        summarize(jobs, finals, notes), 1, "bbn reproduce test")
+
+
+def test_an_override_no_matched_config_reads_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BBNError, match=r"override 'method.cb_beta=0.5' is read by none of the matched configs: "
+                                       r"method.cb_beta is read by methods cb_focal, ce_drw, ldam_drw, "
+                                       r"not by method 'bbn'"):
+        plan(["digits_bbn", "digits_focal"], 1, [*QUICK, "method.cb_beta=0.5"], [], tmp_path)
+    assert not tmp_path.joinpath("digits_bbn").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from bbn.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED, BBNError, Preempted
 
@@ -49,6 +49,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         close_world(world_from_env())  # under torchrun: leave the process group
 
 
+def _warning_log(pending: list[str]) -> Callable[[str], None]:
+    """The run's log: its first line (written once the config and the data are validated and
+    the run folder is made) is preceded by the config's warnings on stderr, so bad input
+    still gets its one error line alone."""
+    def log(line: str) -> None:
+        while pending:
+            print(f"bbn: warning: {pending.pop(0)}", file=sys.stderr)
+        print(line)
+    return log
+
+
 def _train(args: argparse.Namespace) -> int:
     from bbn.config import load_config
     from bbn.runner import continue_run, resume_run, start_run
@@ -62,11 +73,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume == "auto" and not args.out:
             raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
         config, overrides = _split_args(args.items)
-        cfg = load_config(config, [*overrides, *(["data.strict=true"] if args.strict else [])])
+        pending: list[str] = []
+        cfg = load_config(config, [*overrides, *(["data.strict=true"] if args.strict else [])], warn=pending.append)
         if args.resume == "auto":
-            run, final = continue_run(cfg, args.out, progress=progress)
+            run, final = continue_run(cfg, args.out, progress=progress, log=_warning_log(pending))
         else:
-            run, final = start_run(cfg, args.out, progress=progress)
+            run, final = start_run(cfg, args.out, progress=progress, log=_warning_log(pending))
     if not final:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     print(_summary(final))
@@ -169,7 +181,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.root is not None:
         raise BBNError("--root belongs to bbn data convert-inat; set data.root=FOLDER for a config")
     config, overrides = _split_args(args.items)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, warn=lambda message: None)  # the data alone: no schedule
     data = prepare_data(cfg)
     counts, names = data.class_counts, data.train.class_names
     test_counts = data.test.class_counts()

@@ -7,19 +7,46 @@ fail with the allowed range. Defaults follow the paper's CIFAR recipe (SPEC §5)
 from __future__ import annotations
 
 import copy
+import sys
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from bbn.errors import BBNError
+from bbn.config_yaml import MAX_CONFIG_BYTES, YAMLRefused, load_yaml
+from bbn.devices import check_device_name
+from bbn.errors import BBNError, quote
+from bbn.readers import check_read, leaf_keys, override_keys
 from bbn.registry import closest
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (or a list of numbers) and not a bool."""
+    parts = {annotation, *(a for arg in typing.get_args(annotation) for a in (arg, *typing.get_args(arg)))}
+    return bool(parts & {int, float}) and bool not in parts
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+# NumPy's seeds (RandomState) are below 2**32; torch's and Python's take those too.
+MAX_SEED = 2**32 - 1
 
 
 class _Section(BaseModel):
     # allow_inf_nan=False: a NaN or inf number (`train.lr=.inf`) is refused like any bad value.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """true/false are not numbers (pydantic would read true as 1): refuse them for number fields."""
+        if info.field_name and _has_bool(value) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("true/false is not a number; give a number")
+        return value
 
 
 # SPEC §4: image-file sources crop 224 unless data.image_size says otherwise.
@@ -50,7 +77,7 @@ class DataConfig(_Section):
     download: bool = False
     profile: Literal["exp", "step", "none"] = "exp"
     imbalance_ratio: float = Field(100.0, ge=1.0)
-    subset_seed: int = Field(0, ge=0)
+    subset_seed: int = Field(0, ge=0, le=MAX_SEED)
     image_size: int | None = Field(None, ge=4, le=1024)
     test_per_class: int = Field(50, ge=1)
     n_max: int | None = Field(None, ge=1)
@@ -139,7 +166,7 @@ class TrainConfig(_Section):
     drop_last: bool = True
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(512, ge=1)
-    device: str = "auto"
+    device: str = "auto"  # checked here by name; bbn.devices.check_device checks the machine has it
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True
@@ -150,12 +177,20 @@ class TrainConfig(_Section):
     compile: bool = False
     sync_bn: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _check_device_name(cls, value: str) -> str:
+        try:
+            return check_device_name(value)
+        except BBNError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _check_milestones(self) -> "TrainConfig":
         m = self.milestones
         if any(x < 1 for x in m) or any(b <= a for a, b in zip(m, m[1:])):
             raise ValueError(
-                f"train.milestones must be strictly increasing epochs >= 1, got {m}"
+                f"train.milestones must be strictly increasing epochs >= 1, got {quote(m)}"
             )
         return self
 
@@ -164,7 +199,7 @@ class Config(_Section):
     """A whole run. Field names are the YAML keys."""
 
     name: str = "bbn"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -189,7 +224,7 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    key = quote(".".join(str(p) for p in first["loc"]), 120)
     if first["type"] == "extra_forbidden":
         hint = closest(key, valid_keys())
         fix = f"; did you mean '{hint}'?" if hint else f"; valid keys: {', '.join(valid_keys())}"
@@ -197,19 +232,22 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     where = f"config key '{key}'" if key else "config"
     given = first.get("input")
-    text = repr(given)
-    shown = "" if isinstance(given, dict) else f" (got {text if len(text) <= 80 else text[:77] + '...'})"
+    shown = "" if isinstance(given, dict) else f" (got {repr(quote(given)) if isinstance(given, str) else quote(given)})"
     return f"{where}: {msg}{shown}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.epochs=10` -> ('train.epochs', 10); the value is read as YAML."""
     if "=" not in text:
-        raise BBNError(f"override '{text}' is not key=value (e.g. train.epochs=10)")
+        raise BBNError(f"override '{quote(text)}' is not key=value (e.g. train.epochs=10)")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BBNError(f"override '{quote(key)}' has a value of {len(raw):,} characters; give a short value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
+    except YAMLRefused as exc:
+        raise BBNError(f"override '{quote(key)}': the value {exc.what}; {exc.fix}") from None
     except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a date like 2020-13-01: kept as text
         value = raw
     return key, value
@@ -231,7 +269,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise BBNError(f"config file '{p}' not found; pass a YAML file such as configs/digits_bbn.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise BBNError(f"config file '{p}' is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a config may "
+                           "hold; pass a config file (a preset is about 1 KB)")
+        data = load_yaml(p.read_text(encoding="utf-8"))
+    except YAMLRefused as exc:
+        raise BBNError(f"config file '{p}' {exc.what}; {exc.fix}") from None
     except UnicodeDecodeError:
         raise BBNError(f"config file '{p}' is not UTF-8 text; pass a YAML file saved as UTF-8") from None
     except OSError as exc:
@@ -283,38 +327,72 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if path.parent == Path(".") or path.parent.name == "configs":
         if preset.is_file():
             return preset
-    hint = closest(path.stem, preset_names())
+    hint = closest(quote(path.stem, 100), preset_names())
     fix = f"; did you mean preset '{hint}'?" if hint else f"; presets: {', '.join(preset_names())}"
-    raise BBNError(f"config file '{name}' not found{fix}")
+    raise BBNError(f"config file '{quote(str(name), 200)}' not found{fix}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config at `path` (a file or preset name; None = the digits-LT demo) with overrides."""
-    cfg = build_config(read_yaml(resolve_config_path(path)), overrides)
-    check_schedule(cfg, [parse_override(text)[0] for text in overrides])
+def is_preset(path: Path) -> bool:
+    """Whether `path` is a shipped preset (also through the repository's configs/ link)."""
+    return path.resolve().parent == PRESETS.resolve()
+
+
+def is_resolved(tree: dict[str, Any]) -> bool:
+    """Whether a config tree holds every key: the resolved config a run folder keeps."""
+    sections = {name for name, field in Config.model_fields.items() if field.annotation not in (str, int)}
+    return set(leaf_keys(tree)) >= set(valid_keys()) - sections
+
+
+def given_keys(tree: dict[str, Any], path: Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The keys the user gave: every override's, and every key of their own YAML file. A
+    preset's keys and those of a resolved config (a run's config.yaml, re-run as is) are
+    the base the user starts from, not given."""
+    keys = [] if is_preset(path) or is_resolved(tree) else leaf_keys(tree)
+    for text in overrides:
+        keys += override_keys(*parse_override(text))
+    return list(dict.fromkeys(keys))
+
+
+def warn_stderr(message: str) -> None:
+    print(f"bbn: warning: {message}", file=sys.stderr)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                warn: Callable[[str], None] = warn_stderr) -> Config:
+    """The config at `path` (a file or preset name; None = the digits-LT demo) with overrides,
+    validated once with all of them: every key the user gave must be read by the run, and
+    the schedule must fit it (`check_schedule`; `warn` gets its warnings)."""
+    source = resolve_config_path(path)
+    tree = read_yaml(source)
+    cfg = build_config(tree, overrides)
+    given = given_keys(tree, source, overrides)
+    check_read(cfg, given)
+    check_schedule(cfg, given, warn)
     return cfg
 
 
-def check_schedule(cfg: Config, keys: list[str]) -> None:
-    """Milestones and a warm-up given as overrides (`keys`, in order) must fit inside the run.
+def check_schedule(cfg: Config, given: list[str], warn: Callable[[str], None] = warn_stderr) -> None:
+    """The schedule must fit the run, whatever order the keys came in.
 
-    A milestone after the last epoch never fires and a warm-up longer than the run never
-    reaches `train.lr`. A `train.epochs=N` given after them (or alone) is a budget: it
-    shortens the run and keeps the schedule, as it keeps a file's; so quick runs of a preset
-    work and a run's resolved config.yaml re-runs as is.
+    Milestones or a warm-up the user gave (`given`: on the command line or in their own
+    YAML file) must fit inside `train.epochs`: a milestone after the last epoch never fires
+    and a warm-up longer than the run never reaches `train.lr`. Ones that come from a preset,
+    a run's resolved config.yaml or the defaults are kept when `train.epochs` is shorter (the
+    budget use: a quick run of a preset) and draw one warning.
     """
-    def after_epochs(key: str) -> bool:
-        last = {k: i for i, k in enumerate(keys)}
-        return key in last and last[key] > last.get("train.epochs", -1)
-
     t = cfg.train
     late = [m for m in t.milestones if m > t.epochs]
-    if late and after_epochs("train.milestones"):
-        raise BBNError(f"train.milestones={t.milestones} has epoch {late[0]} after the last epoch "
+    if late and "train.milestones" in given:
+        raise BBNError(f"train.milestones={quote(t.milestones)} has epoch {late[0]} after the last epoch "
                        f"(train.epochs={t.epochs}), so it never applies; give milestones <= {t.epochs}")
-    if t.warmup_epochs > t.epochs and after_epochs("train.warmup_epochs"):
+    if t.warmup_epochs > t.epochs and "train.warmup_epochs" in given:
         raise BBNError(f"train.warmup_epochs={t.warmup_epochs} is longer than the run "
                        f"(train.epochs={t.epochs}); give at most {t.epochs}, or 0 for no warm-up")
+    missed = ([f"the learning-rate step at epoch {', '.join(map(str, late))} (train.milestones)"] if late else []) + (
+        [f"the end of the {t.warmup_epochs}-epoch warm-up (train.warmup_epochs)"] if t.warmup_epochs > t.epochs else [])
+    if missed:
+        warn(f"train.epochs={t.epochs} ends the run before {' and '.join(missed)}: the shortened run keeps "
+             f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import reprlib
+
+# A message stays a line: a longer one keeps its head and its end (the fix).
+MAX_MESSAGE = 4000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 100
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """A user's value as a message quotes it: a str as it is, anything else as its repr,
+    at most `limit` characters. The repr is built with reprlib's bounds (a few items per
+    level, a few levels), so a huge or deeply shared value costs no more than a small one."""
+    text = value[: limit + 1] if isinstance(value, str) else _REPR.repr(value)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
 
 class BBNError(Exception):
     """Bad input (data, config, paths). The CLI prints it on one line and exits with code 2."""
 
     def __init__(self, message: object = "") -> None:
         # One line whatever it quotes: a key, a value or a file name may hold a line break.
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        if len(text) > MAX_MESSAGE:
+            text = text[: MAX_MESSAGE * 3 // 4] + " ... " + text[-(MAX_MESSAGE // 4):]
+        super().__init__(text)
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:

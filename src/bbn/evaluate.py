@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from bbn.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
+from bbn.devices import check_device
 from bbn.data.loader import DeviceImages, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
@@ -72,16 +73,8 @@ def evaluate_branches(model: nn.Module, data: DeviceImages, train_counts: list[i
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BBNError(f"train.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BBNError(f"train.device '{name}' asks for CUDA but none is available; use train.device=cpu")
-    return device
+    """'auto' -> CUDA when present, else CPU; a device this machine lacks is a BBNError."""
+    return torch.device(check_device(name))
 
 
 def checkpoint_file(target: str | Path) -> Path:

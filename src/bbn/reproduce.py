@@ -15,9 +15,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bbn.config import Config, load_config, parse_override, preset_names
-from bbn.errors import BBNError
+from bbn.config import Config, build_config, load_config, parse_override, preset_names, read_yaml, resolve_config_path
+from bbn.errors import BBNError, quote
 from bbn.paper import METHOD_LABELS, method_label, paper_error
+from bbn.readers import override_keys, unread_reason
 from bbn.runner import continue_run
 from bbn.runs import write_json
 from bbn.train import check_names
@@ -35,8 +36,8 @@ class Job:
     seed: int
     folder: Path
 
-    def build(self) -> Config:
-        return load_config(self.config, [*self.overrides, *self.variant, f"seed={self.seed}"])
+    def build(self, warn: Callable[[str], None] = lambda message: None) -> Config:
+        return load_config(self.config, [*self.overrides, *self.variant, f"seed={self.seed}"], warn=warn)
 
 
 def expand_configs(patterns: Sequence[str]) -> list[str]:
@@ -66,22 +67,53 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple(combo) for combo in itertools.product(*axes)]
 
 
+def read_overrides(config: str, variant: tuple[str, ...], overrides: Sequence[str]) -> dict[str, str | None]:
+    """Each override -> None when the run of `config` (with `variant`) reads every key it
+    sets, else why not (the first key it does not read)."""
+    cfg = build_config(read_yaml(resolve_config_path(config)), [*overrides, *variant])
+    return {text: next(filter(None, (unread_reason(cfg, key) for key in override_keys(*parse_override(text)))), None)
+            for text in overrides}
+
+
 def plan(patterns: Sequence[str], seeds: int, overrides: Sequence[str], grid: Sequence[str],
-         out: Path) -> list[Job]:
-    """Every run to make, each validated now (a bad key fails before anything trains)."""
+         out: Path, warn: Callable[[str], None] = print) -> list[Job]:
+    """Every run to make, each validated now (a bad key fails before anything trains). An
+    override applies to the configs that read it (`override_notes` says which); one that no
+    config reads is an error."""
     if seeds < 1:
         raise BBNError(f"--seeds must be at least 1, got {seeds}")
     for text in overrides:
         parse_override(text)
-    jobs = []
+    jobs, unread = [], {text: "" for text in overrides}
+    warnings: dict[str, None] = {}
     for config in expand_configs(patterns):
         for variant in parse_grid(grid):
             name = Path(config).stem + "".join(f"-{v.replace('.', '_')}" for v in variant)
+            reasons = read_overrides(config, variant, overrides)
+            read = tuple(text for text in overrides if reasons[text] is None)
+            for text in read:
+                unread.pop(text, None)
+            for text in unread:
+                unread[text] = unread[text] or f"{reasons[text]} (e.g. {Path(config).stem})"
             for seed in range(seeds):
-                job = Job(config, variant, tuple(overrides), seed, out / name / f"seed{seed}")
-                check_names(job.build())
+                job = Job(config, variant, read, seed, out / name / f"seed{seed}")
+                check_names(job.build(warn=lambda message: warnings.setdefault(message)))
                 jobs.append(job)
+    for text, reason in unread.items():
+        raise BBNError(f"override '{quote(text)}' is read by none of the matched configs: {reason}")
+    for message in warnings:
+        warn(f"bbn: warning: {message}")
     return jobs
+
+
+def override_notes(jobs: list[Job], overrides: Sequence[str]) -> list[str]:
+    """One note per override that applies to some of the configs only, naming them."""
+    notes = []
+    for text in overrides:
+        applied = list(dict.fromkeys(Path(job.config).stem for job in jobs if text in job.overrides))
+        if len(applied) < len({job.config for job in jobs}):
+            notes.append(f"`{text}` applies only to {', '.join(applied)} (the other configs do not read it).")
+    return notes
 
 
 def run_job(job: Job, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
@@ -131,8 +163,10 @@ def mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
 
-def summarize(jobs: list[Job], finals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Group finals by row (method and variant) and column (dataset, imbalance ratio)."""
+def summarize(jobs: list[Job], finals: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Group finals by row (method and variant) and column (dataset, imbalance ratio);
+    `notes` (e.g. `override_notes`) go with them."""
+    notes = list(notes)
     rows: dict[str, dict[str, Any]] = {}
     columns: list[str] = []
     for job, final in zip(jobs, finals):
@@ -150,7 +184,7 @@ def summarize(jobs: list[Job], finals: list[dict[str, Any]]) -> dict[str, Any]:
     order = list(METHOD_LABELS)  # the paper's row order; variants keep their planned order
     ranked = sorted(enumerate(rows.items()), key=lambda item: (
         order.index(item[1][1]["method"]) if item[1][1]["method"] in order else len(order), item[0]))
-    return {"columns": columns, "rows": dict(row for _, row in ranked)}
+    return {"columns": columns, "rows": dict(row for _, row in ranked), "notes": notes}
 
 
 def _table(summary: dict[str, Any], value: Callable[[dict[str, Any]], float | None],
@@ -187,6 +221,7 @@ def render(summary: dict[str, Any], seeds: int, command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Date: {time.strftime('%Y-%m-%d')}. Seeds: {seeds}; every cell is mean ± std over seeds.",
+        *(f"Note: {note}" for note in summary.get("notes", [])),
         "",
         "## Top-1 error % at the last epoch (the paper's number in parentheses)",
         "",
@@ -207,10 +242,10 @@ def reproduce(patterns: Sequence[str], seeds: int, overrides: Sequence[str], gri
               log: Callable[[str], None] = print) -> Path:
     """Plan, run (skipping finished runs), and write OUT/results.md and OUT/results.json."""
     out = Path(out)
-    jobs = plan(patterns, seeds, overrides, grid, out)
+    jobs = plan(patterns, seeds, overrides, grid, out, warn=lambda line: print(line, file=sys.stderr))
     log(f"{len(jobs)} runs planned under {out}")
     finals = run_all(jobs, workers, log)
-    summary = summarize(jobs, finals)
+    summary = summarize(jobs, finals, override_notes(jobs, overrides))
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", summary)

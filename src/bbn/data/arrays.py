@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bbn.config import DataConfig
-from bbn.data.sources import SOURCES, LabeledImages, Splits
+from bbn.data.sources import IN_MEMORY_READS, SOURCES, LabeledImages, Splits
 from bbn.errors import BBNError, first_line
 from bbn.registry import closest
 
@@ -194,7 +194,7 @@ def load_arrays_file(path: str | Path, image_size: int | None = None) -> Splits:
     )
 
 
-@SOURCES.register("arrays")
+@SOURCES.register("arrays", reads={"data.root", *IN_MEMORY_READS})
 def load_arrays(cfg: DataConfig) -> Splits:
     """The user's arrays: `data.root` is an .npz file with x_train, y_train, x_test, y_test."""
     if not cfg.root:

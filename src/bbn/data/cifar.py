@@ -21,7 +21,7 @@ import torch
 
 from bbn.config import DataConfig
 from bbn.data.download import download_and_extract
-from bbn.data.sources import SOURCES, LabeledImages, Splits
+from bbn.data.sources import IN_MEMORY_READS, SOURCES, LabeledImages, Splits
 from bbn.errors import BBNError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -268,13 +268,13 @@ def _load(cfg: DataConfig, layout: _Layout, url: str, md5: str) -> Splits:
     )
 
 
-@SOURCES.register("cifar10")
+@SOURCES.register("cifar10", reads={"data.root", "data.download", *IN_MEMORY_READS})
 def load_cifar10(cfg: DataConfig) -> Splits:
     """CIFAR-10: 50,000 train / 10,000 test images from `cifar-10-batches-py` under `cfg.root`."""
     return _load(cfg, _CIFAR10, CIFAR10_URL, CIFAR10_MD5)
 
 
-@SOURCES.register("cifar100")
+@SOURCES.register("cifar100", reads={"data.root", "data.download", *IN_MEMORY_READS})
 def load_cifar100(cfg: DataConfig) -> Splits:
     """CIFAR-100 (fine labels): 50,000 train / 10,000 test from `cifar-100-python` under `cfg.root`."""
     return _load(cfg, _CIFAR100, CIFAR100_URL, CIFAR100_MD5)

@@ -18,7 +18,7 @@ import torch
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused
 from bbn.data.files import ImageFiles, PathTable
-from bbn.data.sources import SOURCES, Splits, shuffled_per_class
+from bbn.data.sources import FILE_READS, SOURCES, Splits, shuffled_per_class
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 
@@ -80,7 +80,7 @@ def hold_out(files: ImageFiles, per_class: int, seed: int) -> tuple[ImageFiles, 
     return files.subset(np.flatnonzero(~is_test).tolist()), files.subset(np.flatnonzero(is_test).tolist())
 
 
-@SOURCES.register("image_folder")
+@SOURCES.register("image_folder", reads={"data.test_root", "data.test_per_class", *FILE_READS})
 def load_image_folder(cfg: DataConfig) -> Splits:
     """Train and test splits of an image folder tree."""
     check_unused(cfg, cfg.source, ("train_file", "test_file", "download"))

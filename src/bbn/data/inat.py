@@ -23,7 +23,7 @@ from typing import Any
 
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused, listed_files, resolve_file
-from bbn.data.sources import SOURCES, Splits
+from bbn.data.sources import ANNOTATION_READS, SOURCES, Splits
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 
@@ -190,8 +190,8 @@ def load_inat(cfg: DataConfig) -> Splits:
     return Splits(train_files, test_files, IMAGENET_MEAN, IMAGENET_STD)
 
 
-SOURCES.register("inat2017")(load_inat)
-SOURCES.register("inat2018")(load_inat)
+SOURCES.register("inat2017", reads=ANNOTATION_READS)(load_inat)
+SOURCES.register("inat2018", reads=ANNOTATION_READS)(load_inat)
 
 
 def _write_json_new(obj: Any, dst: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused, listed_files, resolve_file
-from bbn.data.sources import SOURCES, Splits
+from bbn.data.sources import ANNOTATION_READS, SOURCES, Splits
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 
@@ -64,9 +64,9 @@ def folder_names(paths: list[str], labels: list[int], num_classes: int) -> list[
     return names if len(set(names)) == num_classes else [str(c) for c in range(num_classes)]
 
 
-@SOURCES.register("imagenet_lt")
-@SOURCES.register("places_lt")
-@SOURCES.register("image_list")
+@SOURCES.register("imagenet_lt", reads=ANNOTATION_READS)
+@SOURCES.register("places_lt", reads=ANNOTATION_READS)
+@SOURCES.register("image_list", reads=ANNOTATION_READS)
 def load_image_lists(cfg: DataConfig) -> Splits:
     """Train and test splits from two image lists."""
     check_unused(cfg, cfg.source, ("test_root", "download"))

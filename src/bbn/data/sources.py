@@ -106,6 +106,13 @@ def shuffled_per_class(labels: np.ndarray, num_classes: int, seed: int) -> list[
 
 SOURCES: Registry[Callable[[DataConfig], Splits]] = Registry("data source")
 
+# The data keys a source reads beyond the ones every source reads (data.source, profile,
+# imbalance_ratio, subset_seed, n_max, test_max_per_class, image_size): each source declares
+# them when it registers, so a key the chosen source would ignore is refused.
+IN_MEMORY_READS = frozenset({"augment.crop_padding"})  # the padded random crop of in-memory images
+FILE_READS = frozenset({"data.root", "data.resize_size", "data.workers", "data.strict"})  # decoded files
+ANNOTATION_READS = FILE_READS | {"data.train_file", "data.test_file"}  # files listed in annotation files
+
 
 def load_source(cfg: DataConfig) -> Splits:
     """The train/test splits named by `cfg.source`."""
@@ -121,7 +128,7 @@ DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3759,)
 
 
-@SOURCES.register("digits")
+@SOURCES.register("digits", reads={"data.test_per_class", *IN_MEMORY_READS})
 def load_digits(cfg: DataConfig) -> Splits:
     """scikit-learn's digits, shipped with the package: no download.
 

@@ -74,7 +74,7 @@ class Resampling(SingleBranch):
         return "balanced"
 
 
-@METHODS.register("focal")
+@METHODS.register("focal", reads={"method.focal_gamma"})
 class Focal(SingleBranch):
     """Focal loss -(1 - p_t)^gamma log p_t, gamma = method.focal_gamma, uniform sampler."""
 
@@ -82,7 +82,7 @@ class Focal(SingleBranch):
         return focal_loss(z, y, self.cfg.method.focal_gamma)
 
 
-@METHODS.register("cb_focal")
+@METHODS.register("cb_focal", reads={"method.focal_gamma", "method.cb_beta"})
 class ClassBalancedFocal(ClassWeighted):
     """CB-Focal: the focal term of each sample times the effective-number weight of its
     class (beta = method.cb_beta), uniform sampler."""
@@ -99,7 +99,7 @@ class ClassBalancedFocal(ClassWeighted):
         return class_balanced_focal_loss(z, y, self.cfg.method.focal_gamma, w)
 
 
-@METHODS.register("ce_drw")
+@METHODS.register("ce_drw", reads={"method.cb_beta", "method.defer_epoch"})
 class DeferredReweighting(ClassWeighted):
     """CE-DRW: plain CE up to `defer_epoch`, then CE weighted by the effective-number
     weights (beta = method.cb_beta); uniform sampler throughout."""
@@ -113,7 +113,7 @@ class DeferredReweighting(ClassWeighted):
         return None if epoch <= self.defer else self.weights
 
 
-@METHODS.register("ce_drs")
+@METHODS.register("ce_drs", reads={"method.defer_epoch"})
 class DeferredResampling(SingleBranch):
     """CE-DRS: plain CE; the uniform sampler up to `defer_epoch`, class-balanced after."""
 
@@ -125,7 +125,8 @@ class DeferredResampling(SingleBranch):
         return "uniform" if epoch <= self.defer else "balanced"
 
 
-@METHODS.register("ldam_drw")
+@METHODS.register("ldam_drw", reads={"method.cb_beta", "method.defer_epoch", "method.ldam_max_margin",
+                                     "method.ldam_scale"})
 class LDAMDRW(DeferredReweighting):
     """LDAM-DRW: the LDAM loss (margins m_i proportional to N_i^(-1/4), max
     method.ldam_max_margin; scale method.ldam_scale) on a cosine classifier, with DRW's

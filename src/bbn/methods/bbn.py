@@ -17,7 +17,7 @@ from bbn.methods.cumulative import ADAPTORS, cumulative_alpha, is_stochastic
 from bbn.models.bilateral import BilateralModel
 
 
-@METHODS.register("bbn")
+@METHODS.register("bbn", reads={"method.adaptor", "method.rebalance_sampler"})
 class BBN(Method):
     """Conventional branch on uniform samples, re-balancing branch on reversed samples,
     mixed by the cumulative-learning alpha."""

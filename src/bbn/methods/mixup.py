@@ -57,7 +57,7 @@ def _result(z: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float, i
     return StepResult(mixup_loss(z, y_a, y_b, lam), cumulative_accuracy(z, y_a, y_b, lam), images)
 
 
-@METHODS.register("mixup")
+@METHODS.register("mixup", reads={"method.mixup_alpha"})
 class Mixup(SingleBranch):
     """Uniform sampler; the network sees lam * x + (1 - lam) * x[perm]."""
 
@@ -71,7 +71,7 @@ class Mixup(SingleBranch):
         return _result(z, y, y[perm], lam, len(y))
 
 
-@METHODS.register("manifold_mixup")
+@METHODS.register("manifold_mixup", reads={"method.mixup_alpha"})
 class ManifoldMixup(Mixup):
     """Uniform sampler; the network mixes h_k with h_k[perm], k drawn per batch."""
 
@@ -95,7 +95,7 @@ class ManifoldMixup(Mixup):
         return _result(z, y, y[perm], lam, len(y))
 
 
-@METHODS.register("manifold_mixup_two")
+@METHODS.register("manifold_mixup_two", reads={"method.mixup_alpha"})
 class ManifoldMixupTwoSamplers(ManifoldMixup):
     """Manifold Mixup with two samplers: h_k of a uniform batch (x_c, y_c) mixed with h_k of
     an equally sized reversed-sampler batch (x_r, y_r), element i with element i. Each batch
