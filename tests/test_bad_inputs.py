@@ -258,6 +258,41 @@ def _disk_full_first_checkpoint(env: Env) -> list[str]:
     return ["train", *TINY_DIGITS, "--out", str(env.out)]
 
 
+def _reference_file(env: Env, classifier: torch.Tensor, conv: torch.Tensor | None = None) -> Path:
+    """The least of a reference checkpoint that reaches its classifier's checks (a ResNet-32's
+    layer3 key, conv1 and the classifier), with the reference's `module.` prefixes."""
+    state = {"backbone.layer3.0.conv1.weight": torch.zeros(64, 32, 3, 3), "classifier.weight": classifier,
+             "backbone.conv1.weight": conv if conv is not None else torch.zeros(16, 3, 3, 3)}
+    path = env.tmp / "reference.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+    return path
+
+
+def import_of(classifier: Callable[[], torch.Tensor], conv: Callable[[], torch.Tensor] | None = None,
+              ) -> Callable[[Env], list[str]]:
+    return lambda env: ["import-reference", str(_reference_file(env, classifier(), conv and conv())),
+                        "--out", str(env.tmp / "imported.pt")]
+
+
+def _nan_conv() -> torch.Tensor:
+    weight = torch.zeros(16, 3, 3, 3)
+    weight[3, 1, 0, 2] = float("nan")
+    return weight
+
+
+def _zero_class_predict(env: Env) -> list[str]:
+    from bbn.predict import InputSpec
+
+    path = env.tmp / "zero.pt"
+    save_checkpoint({"format": 2, "config": _digits_cfg().to_dict(), "model": create_model("resnet32", 0, 3).state_dict(),
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+    image = env.tmp / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    return ["predict", str(path), str(image)]
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -431,6 +466,17 @@ CASES: list[Case] = [
          lambda e: ["eval", str(e.tmp / "nope.pt")], ("nope.pt", "does not exist")),
     Case("ckpt-resume-corrupt", "checkpoint", "--resume of a run whose last.pt is garbage", "start the run again",
          _corrupt_run_folder, ("last.pt", "corrupt")),
+    Case("import-stride0-classes", "checkpoint", "import-reference of a classifier declaring 10^8 classes it does "
+         "not store (stride 0)", "import the original checkpoint",
+         import_of(lambda: torch.zeros(1).expand(10**8, 128)),
+         ("reference.pth", "declares shape (100000000, 128)", "file stores 1", "damaged or crafted")),
+    Case("import-zero-classes", "checkpoint", "import-reference of a classifier with 0 classes",
+         "import a trained model", import_of(lambda: torch.zeros(0, 128)), ("0 classes", "not a trained classifier")),
+    Case("import-nan-weights", "checkpoint", "import-reference of a file holding NaN weights",
+         "import the original checkpoint", import_of(lambda: torch.zeros(10, 128), _nan_conv),
+         ("'backbone.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")),
+    Case("predict-zero-classes", "checkpoint", "predict with a checkpoint whose classifier has 0 classes",
+         "use a trained model's checkpoint", _zero_class_predict, ("zero.pt", "0 classes", "not a trained classifier")),
 ]
 
 

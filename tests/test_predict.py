@@ -170,3 +170,39 @@ def test_image_file_config_resizes_and_centre_crops(tmp_path: Path) -> None:
     with torch.no_grad():
         probs = torch.softmax(model(x[None]), dim=1)[0]
     assert [t["probability"] for t in result["top"]] == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-5)
+
+
+def test_a_zero_class_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint whose classifier has no class (as old imports wrote): predict and export
+    refuse it in one line instead of failing on an empty top-k."""
+    path = tmp_path / "zero.pt"
+    model = create_model("resnet32", 0, in_channels=3)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": model.state_dict(),
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert_bad_input(["predict", str(path), str(image)], capsys, "zero.pt", "0 classes", "not a trained classifier")
+    assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
+                     "0 classes")
+    assert not (tmp_path / "m.ts").exists()
+
+
+def test_weights_declaring_more_values_than_stored_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint (checksummed, but crafted) with a stride-0 classifier of 10^8 classes is
+    refused before the network is built."""
+    model = create_model("resnet32", 10, in_channels=3)
+    state = {**model.state_dict(), "classifier.weight": torch.zeros(1).expand(10**8, 64),
+             "classifier.bias": torch.zeros(1).expand(10**8)}
+    path = tmp_path / "huge.pt"
+    monkeypatch.setattr("bbn.checkpoint.nonfinite_entries", lambda tree: [])  # its check would expand it
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": state,
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+
+    def create(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a network was built for a crafted checkpoint: {args}")
+    monkeypatch.setattr("bbn.predict.create_model", create)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert_bad_input(["predict", str(path), str(image)], capsys, "huge.pt", "declares shape (100000000, 64)",
+                     "damaged or crafted")

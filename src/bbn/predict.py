@@ -34,6 +34,7 @@ from bbn.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
 from bbn.runs import write_text_atomically
+from bbn.weights import check_num_classes, check_stored
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -103,7 +104,8 @@ class Predictor:
 
 
 def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> nn.Module:
-    """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode."""
+    """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode;
+    weights that declare more values than the file stores, or no class, are refused first."""
     state = payload["model"]
     try:
         num_classes = int(state["classifier.weight"].shape[0])
@@ -111,6 +113,8 @@ def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> n
     except (KeyError, TypeError, AttributeError, IndexError):
         raise BBNError(f"checkpoint '{path}' holds no bbn network (no classifier.weight / "
                        "backbone.conv1.weight); use a checkpoint written by bbn train or bbn import-reference") from None
+    check_stored({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, f"checkpoint '{path}'")
+    check_num_classes(num_classes, f"checkpoint '{path}'")
     model = create_model(cfg.model.name, num_classes, channels)
     try:
         model.load_state_dict(state)
