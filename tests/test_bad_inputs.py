@@ -28,7 +28,7 @@ import pytest
 import torch
 from arrays_data import ARRAYS_TRAIN, write_arrays
 from cifar_format import dump_pickle, write_cifar10
-from image_files import image_folder, write_list
+from image_files import image_folder, write_list, write_png_bomb
 from cli_checks import assert_bad_input
 
 from bbn.checkpoint import save_checkpoint
@@ -176,6 +176,12 @@ def _missing_test_image_strict(env: Env) -> list[str]:
     args = image_lists(env)
     with open(env.tmp / "test.txt", "a") as f:
         f.write("class1/gone.jpg 1\n")
+    return [*args[:-2], "data.strict=true", *args[-2:]]
+
+
+def _too_large_image_strict(env: Env) -> list[str]:
+    args = image_lists(env)
+    write_png_bomb(env.tmp / "imgs" / "class0" / "001.jpg")
     return [*args[:-2], "data.strict=true", *args[-2:]]
 
 
@@ -380,6 +386,9 @@ CASES: list[Case] = [
     Case("files-missing-image-strict", "image files", "a listed image missing, with data.strict=true",
          "replace or remove it, or data.strict=false", _missing_test_image_strict,
          ("gone.jpg", "line 6 of", "file not found", "data.strict=false")),
+    Case("files-image-too-large-strict", "image files", "an image declaring 14000x14000 pixels (never decoded), "
+         "with data.strict=true", "downscale or remove it, or data.strict=false", _too_large_image_strict,
+         ("001.jpg", "too large to decode", "data.strict=false")),
     # config
     Case("config-unknown-key", "config", "an unknown key (override)", "use the suggested key",
          train_digits("train.epoch=3"), ("unknown config key 'train.epoch'", "did you mean 'train.epochs'")),

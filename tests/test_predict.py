@@ -106,6 +106,25 @@ def test_unreadable_images_are_skipped_with_a_warning(digits_run: tuple[Path, to
     assert code == 2 and err[-1].startswith("bbn: error: none of the 1 files") and not out.exists()
 
 
+def test_an_image_too_large_to_decode_is_skipped_without_decoding(
+        digits_run: tuple[Path, torch.nn.Module, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A PNG of a few hundred bytes declaring 14000 x 14000 pixels: one warning line, and
+    neither torchvision's decoder nor Pillow's ever decodes it."""
+    from image_files import write_png_bomb
+    from test_files import no_decoding_of
+
+    run, _, images = digits_run
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    decoded = no_decoding_of(monkeypatch, bomb)
+    assert main(["predict", str(run), str(bomb), str(images / "digit2.png")]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("bbn: warning: skipping") and "bomb.png" in warnings[0]
+    assert "too large to decode" in warnings[0] and "digit2.png" in captured.out
+    assert decoded == [str(images / "digit2.png")]
+
+
 def test_bad_arguments(digits_run: tuple[Path, torch.nn.Module, Path], tmp_path: Path,
                        capsys: pytest.CaptureFixture[str]) -> None:
     run, _, images = digits_run

@@ -1,9 +1,9 @@
 """`bbn predict`: top-k classes and probabilities of image files from a trained run or an
 imported checkpoint.
 
-An image is decoded (`bbn.data.transforms.read_image`: torchvision, Pillow for the other
-formats), converted to the network's channels (RGB, or luma for one-channel networks) and
-brought to its input as the checkpoint's config defines: the in-memory sources (digits,
+An image is decoded (`bbn.data.transforms.read_image`: its size checked from its header,
+then torchvision, Pillow for the other formats), converted to the network's channels (RGB,
+or luma for one-channel networks) and brought to its input as the checkpoint's config defines: the in-memory sources (digits,
 CIFAR, arrays) resize the whole image to the training resolution; the image-file sources
 (iNaturalist-style) resize the shorter side and center-crop (`image_transform`). A
 checkpoint may carry the input description itself (`"input"`, written by
