@@ -299,6 +299,24 @@ def _zero_class_predict(env: Env) -> list[str]:
     return ["predict", str(path), str(image)]
 
 
+def _run_with_checkpoint(env: Env) -> Path:
+    """env.tmp as a run folder: its config.yaml and checkpoints/best.pt; returns best.pt."""
+    path = checkpoint_file(env)
+    save_config(_digits_cfg(), env.tmp / "config.yaml")
+    return path
+
+
+def _reference_over_run_checkpoint(env: Env) -> list[str]:
+    best = _run_with_checkpoint(env)
+    return ["import-reference", str(_reference_file(env, torch.zeros(10, 64))), "--out", str(best)]
+
+
+def _export_over_checkpoint(env: Env) -> list[str]:
+    other = env.tmp / "other.pt"
+    other.write_bytes(checkpoint_file(env).read_bytes())
+    return ["export", str(env.tmp / "checkpoints" / "best.pt"), "--format", "torchscript", "--out", str(other)]
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -453,6 +471,20 @@ CASES: list[Case] = [
          _disk_full_first_checkpoint, ("cannot write the run folder", "No space left on device", "free disk space")),
     Case("env-resume-not-a-run", "environment", "--resume of a folder that is no run", "pass the run folder",
          lambda e: ["train", "--resume", str(e.tmp)], ("not a run folder", "bbn train wrote")),
+    Case("env-export-into-checkpoints", "environment", "bbn export --out a run's checkpoints/best.pt",
+         "choose a file outside checkpoints/",
+         lambda e: ["export", str(e.tmp), "--format", "torchscript", "--out", str(_run_with_checkpoint(e))],
+         ("best.pt", "inside the checkpoints folder of run", "outside it")),
+    Case("env-import-into-checkpoints", "environment", "bbn import-reference --out a run's checkpoints/best.pt",
+         "choose a file outside checkpoints/", _reference_over_run_checkpoint,
+         ("best.pt", "inside the checkpoints folder of run", "outside it")),
+    Case("env-export-over-checkpoint", "environment", "bbn export --out an existing bbn checkpoint",
+         "choose a new file name", _export_over_checkpoint, ("other.pt", "existing bbn checkpoint", "another file name")),
+    Case("env-predict-out-run-file", "environment", "bbn predict --out a run's existing final.json",
+         "choose a new file name",
+         lambda e: (_run_with_checkpoint(e), (e.tmp / "final.json").write_text("{}\n"),
+                    ["predict", str(e.tmp), str(e.tmp), "--out", str(e.tmp / "final.json")])[-1],
+         ("final.json", "existing file of run", "new file name")),
     # checkpoint
     Case("ckpt-truncated", "checkpoint", "a checkpoint cut short", "use a checkpoint written by bbn train",
          eval_of(lambda e: _damaged(e, keep=slice(0, 2000))), ("best.pt", "cannot be read", "bbn train")),

@@ -343,3 +343,23 @@ def test_nan_weights_are_named_as_a_damaged_file(ref32: tuple[Path, Tensors], tm
     line = assert_bad_input(["import-reference", str(path), "--out", str(out)], capsys,
                             "'backbone.layer2.1.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")
     assert "train.lr" not in line and not out.exists()
+
+
+def test_import_never_replaces_a_runs_checkpoint_or_a_bbn_checkpoint(ref32: tuple[Path, Tensors], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = ref32
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: mine\n")
+    best = run / "checkpoints" / "best.pt"
+    assert main(["import-reference", str(path), "--out", str(tmp_path / "c10.pt")]) == 0
+    best.write_bytes((tmp_path / "c10.pt").read_bytes())
+    before = {p: p.read_bytes() for p in (best, tmp_path / "c10.pt", path)}
+    assert_bad_input(["import-reference", str(path), "--out", str(best)], capsys, "inside the checkpoints folder")
+    assert_bad_input(["import-reference", str(path), "--out", str(run / "checkpoints" / "new.pt")], capsys,
+                     "inside the checkpoints folder")
+    assert_bad_input(["import-reference", str(path), "--out", str(tmp_path / "c10.pt")], capsys,
+                     "existing bbn checkpoint")
+    assert_bad_input(["import-reference", str(path), "--out", str(path)], capsys, "the input file itself")
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt"]

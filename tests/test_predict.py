@@ -136,6 +136,23 @@ def test_bad_arguments(digits_run: tuple[Path, torch.nn.Module, Path], tmp_path:
     assert_bad_input(["predict", str(run), str(tmp_path / "empty")], capsys, "no image files")
 
 
+def test_predict_out_never_replaces_a_runs_files(digits_run: tuple[Path, torch.nn.Module, Path],
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, images = digits_run
+    (run / "config.yaml").write_text("name: mine\n")  # what makes the folder a run
+    (run / "final.json").write_text("{}\n")
+    try:
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        for out, words in ((run / "checkpoints" / "p.json", "inside the checkpoints folder"),
+                           (run / "final.json", "existing file of run")):
+            assert_bad_input(["predict", str(run), str(images), "--out", str(out)], capsys, words)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        assert main(["predict", str(run), str(images), "--out", str(run / "predictions.csv")]) == 0
+    finally:
+        for name in ("config.yaml", "final.json", "predictions.csv"):
+            (run / name).unlink(missing_ok=True)
+
+
 def test_resize_and_center_crop_of_the_input_spec() -> None:
     """An iNaturalist-style input: shorter side resized to `resize`, then the centre crop."""
     spec = InputSpec(channels=3, height=4, width=6, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize=8)

@@ -30,6 +30,7 @@ from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError, first_line
 from bbn.models import MODELS, create_model
 from bbn.models.resnet50 import ResNet50Backbone
+from bbn.outputs import check_out
 from bbn.predict import InputSpec
 from bbn.weights import MAX_IMPORT_CLASSES, check_num_classes, check_stored
 
@@ -169,12 +170,11 @@ def import_reference(checkpoint: str | Path, out: str | Path, model_name: str | 
                      num_classes: int | None = None, config: str | Path | None = None,
                      overrides: list[str] | tuple[str, ...] = (), class_names: str | Path | None = None,
                      ) -> dict[str, Any]:
-    """Convert a reference checkpoint and write it to `out` as a bbn checkpoint; returns a
+    """Convert a reference checkpoint and write it to `out` as a bbn checkpoint (never over a
+    run's checkpoints or another bbn checkpoint: `bbn.outputs.check_out`); returns a
     summary (model, classes, parameters, reference epoch and best result, data config)."""
 
-    checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
-        raise BBNError(f"--out '{out}' is the reference checkpoint itself; write the import to another file")
+    checkpoint, out = Path(checkpoint), check_out(out, inputs=[checkpoint])
     if not out.parent.is_dir():
         raise BBNError(f"folder '{out.parent}' of --out does not exist; create it first")
     data_config = config is not None or any(o.strip().startswith("data.") for o in overrides)

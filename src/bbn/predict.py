@@ -33,6 +33,7 @@ from bbn.errors import BBNError
 from bbn.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
+from bbn.outputs import check_out
 from bbn.runs import write_text_atomically
 from bbn.weights import check_num_classes, check_stored
 
@@ -245,9 +246,10 @@ def _csv_text(results: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def check_output(out: str | Path) -> Path:
-    """`--out` must end in .csv or .json and be in an existing folder (checked before any work)."""
-    out = Path(out)
+def check_output(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """`--out` must end in .csv or .json, be in an existing folder and not replace a run's
+    files, a bbn checkpoint or an input (`bbn.outputs.check_out`); checked before any work."""
+    out = check_out(out, inputs)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise BBNError(f"--out '{out}' must end in .csv or .json; the extension picks the format")
     if not out.parent.is_dir():
@@ -272,7 +274,7 @@ def predict_command(target: str | Path, images: Sequence[str | Path], topk: int 
     from bbn.evaluate import resolve_device
 
     if out is not None:
-        check_output(out)
+        check_output(out, [checkpoint_file(target), *images])
     if topk < 1:
         raise BBNError(f"--topk {topk} must be at least 1")
     predictor = load_predictor(target, resolve_device(device_name))
