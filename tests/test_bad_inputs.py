@@ -317,6 +317,21 @@ def _export_over_checkpoint(env: Env) -> list[str]:
     return ["export", str(env.tmp / "checkpoints" / "best.pt"), "--format", "torchscript", "--out", str(other)]
 
 
+def cifar_root(make: Callable[[Path], object]) -> Callable[[Env], list[str]]:
+    """data.root is a path `make` turns into something other than a file or folder."""
+    def build(env: Env) -> list[str]:
+        root = env.tmp / "cifar"
+        make(root)
+        return ["train", *CIFAR_ARGS, f"data.root={root}", "--out", str(env.out)]
+    return build
+
+
+def _predict_torchscript(env: Env) -> list[str]:
+    path = env.tmp / "model.ts"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    return ["predict", str(path), str(env.tmp)]
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -354,6 +369,15 @@ CASES: list[Case] = [
          "replace the file with the official one",
          cifar_case(lambda f, e: (f / "batches.meta").write_bytes(_planted_global(e.marker))),
          ("batches.meta", "refuses to load global 'os.system'", "official")),
+    Case("data-root-symlink-loop", "data files", "data.root a symbolic link loop", "point data.root at the dataset",
+         cifar_root(lambda p: p.symlink_to(p.name)), ("data.root", "cifar' is a symbolic link loop", "point it at")),
+    Case("data-root-fifo", "data files", "data.root a named pipe (FIFO)", "point data.root at the dataset",
+         cifar_root(os.mkfifo), ("data.root", "is a named pipe (FIFO), not a regular file or folder")),
+    Case("data-root-device", "data files", "data.root a device (/dev/null)", "point data.root at the dataset",
+         lambda e: ["train", *CIFAR_ARGS, "data.root=/dev/null", "--out", str(e.out)],
+         ("data.root '/dev/null' is a character device, not a regular file or folder",)),
+    Case("data-root-dangling-link", "data files", "data.root a symbolic link to nothing", "point data.root at the dataset",
+         cifar_root(lambda p: p.symlink_to("moved-away")), ("data.root", "symbolic link to 'moved-away', which does not exist")),
     # user arrays (.npz)
     Case("arrays-nan", "user arrays", "a NaN pixel", "replace NaN/inf pixels before saving",
          arrays_case(x_train=_with_pixel(45, np.nan, 7)),
@@ -516,6 +540,8 @@ CASES: list[Case] = [
     Case("import-nan-weights", "checkpoint", "import-reference of a file holding NaN weights",
          "import the original checkpoint", import_of(lambda: torch.zeros(10, 128), _nan_conv),
          ("'backbone.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")),
+    Case("predict-torchscript", "checkpoint", "bbn predict of a TorchScript export", "pass the run or checkpoint",
+         _predict_torchscript, ("model.ts", "is an exported TorchScript model", "not a bbn checkpoint", "run folder")),
     Case("predict-zero-classes", "checkpoint", "predict with a checkpoint whose classifier has 0 classes",
          "use a trained model's checkpoint", _zero_class_predict, ("zero.pt", "0 classes", "not a trained classifier")),
 ]

@@ -143,3 +143,24 @@ def test_export_never_replaces_a_runs_files_a_checkpoint_or_its_input(
     for out in (run / "model.ts", tmp_path / "model.ts", tmp_path / "model.ts"):
         assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
     assert snapshot(tmp_path).items() >= before.items()
+
+
+def test_predict_and_export_on_an_exported_model_say_what_it_is(
+        checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not "corrupt, start the run again" with torch's text cut mid-word: the file is an export,
+    and predict wants the run or checkpoint it came from."""
+    from PIL import Image
+
+    path, _ = checkpoint
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for fmt, name, kind in (("torchscript", "m.ts", "TorchScript"), ("onnx", "m.onnx", "ONNX")):
+        out = tmp_path / name
+        assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+        capsys.readouterr()
+        line = assert_bad_input(["predict", str(out), str(image)], capsys, name, f"is an exported {kind} model",
+                                "not a bbn checkpoint", "run folder")
+        assert "corrupt" not in line and "start the run again" not in line
+        assert_bad_input(["export", str(out), "--format", "torchscript", "--out", str(tmp_path / "again.ts")], capsys,
+                         f"is an exported {kind} model")
+    assert not (tmp_path / "again.ts").exists()

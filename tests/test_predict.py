@@ -242,3 +242,14 @@ def test_weights_declaring_more_values_than_stored_are_refused(tmp_path: Path, m
     Image.new("RGB", (8, 8)).save(image)
     assert_bad_input(["predict", str(path), str(image)], capsys, "huge.pt", "declares shape (100000000, 64)",
                      "damaged or crafted")
+
+
+def test_a_quoted_library_error_is_cut_between_words() -> None:
+    from bbn.errors import first_line
+
+    text = "Cannot use ``weights_only=True`` with TorchScript archives passed to ``torch.load``. " * 3
+    quoted = first_line(RuntimeError(text), 100)
+    assert len(quoted) <= 100 and quoted.endswith("…")
+    assert text.startswith(quoted[:-1]) and text[len(quoted) - 1] in " .,;:"  # a whole word was kept last
+    assert first_line(RuntimeError("short\nsecond line")) == "short"
+    assert first_line(RuntimeError("x" * 300), 50) == "x" * 49 + "…"

@@ -3,12 +3,12 @@ imported checkpoint.
 
 An image is decoded (`bbn.data.transforms.read_image`: its size checked from its header,
 then torchvision, Pillow for the other formats), converted to the network's channels (RGB,
-or luma for one-channel networks) and brought to its input as the checkpoint's config defines: the in-memory sources (digits,
-CIFAR, arrays) resize the whole image to the training resolution; the image-file sources
-(iNaturalist-style) resize the shorter side and center-crop (`image_transform`). A
-checkpoint may carry the input description itself (`"input"`, written by
-`bbn import-reference`), and its class names (`"class_names"`); otherwise the run's data
-supplies them, as `bbn eval` loads it.
+or luma for one-channel networks) and brought to its input as the checkpoint's config
+defines: the in-memory sources (digits, CIFAR, arrays) resize the whole image to the
+training resolution; the image-file sources (iNaturalist-style) resize the shorter side
+and center-crop (`image_transform`). A checkpoint may carry the input description itself
+(`"input"`, written by `bbn import-reference`), and its class names (`"class_names"`);
+otherwise the run's data supplies them, as `bbn eval` loads it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from bbn.errors import BBNError
 from bbn.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
-from bbn.outputs import check_out
+from bbn.outputs import check_out, exported_format
 from bbn.runs import write_text_atomically
 from bbn.weights import check_num_classes, check_stored
 
@@ -148,6 +148,10 @@ def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str
 def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
     """The predictor of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
     path = checkpoint_file(target)
+    kind = exported_format(path)
+    if kind is not None:
+        raise BBNError(f"'{path}' is an exported {kind} model (bbn export), not a bbn checkpoint; pass the run "
+                       "folder or the bbn checkpoint (.pt from bbn train or bbn import-reference) it was exported from")
     payload = load_checkpoint(path)
     cfg = build_config(payload["config"])
     model = model_from_checkpoint(payload, cfg, path)
