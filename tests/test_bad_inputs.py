@@ -378,6 +378,11 @@ CASES: list[Case] = [
          ("data.root '/dev/null' is a character device, not a regular file or folder",)),
     Case("data-root-dangling-link", "data files", "data.root a symbolic link to nothing", "point data.root at the dataset",
          cifar_root(lambda p: p.symlink_to("moved-away")), ("data.root", "symbolic link to 'moved-away', which does not exist")),
+    Case("cifar-codecs-abuse", "data files", "a pickle calling _codecs.encode with another codec",
+         "replace the file with the official one",
+         cifar_case(lambda f, e: (f / "data_batch_5").write_bytes(
+             b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x006f73X\x03\x00\x00\x00hex\x86R.")),
+         ("data_batch_5", "refuses to call _codecs.encode(str, 'hex')", "official")),
     # user arrays (.npz)
     Case("arrays-nan", "user arrays", "a NaN pixel", "replace NaN/inf pixels before saving",
          arrays_case(x_train=_with_pixel(45, np.nan, 7)),
