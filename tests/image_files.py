@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,20 @@ def write_image(path: Path, value: int, size: tuple[int, int] = (20, 24), seed: 
     pixels = np.clip(value + rng.randint(-20, 21, (*size, 3)), 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png_bomb(path: Path, width: int = 14000, height: int = 14000) -> Path:
+    """A PNG of a few hundred bytes whose header declares width x height RGB pixels: a
+    decoder that trusts it allocates width * height * 3 bytes (14000 x 14000: 588 MB)."""
+    rows = zlib.compress(b"\0" * (1 + 3 * width) * 4)  # the first rows; the rest is missing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b""))
+    return path
 
 
 def image_folder(root: Path, counts: list[int], names: list[str] | None = None) -> list[list[Path]]:

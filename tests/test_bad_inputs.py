@@ -28,7 +28,7 @@ import pytest
 import torch
 from arrays_data import ARRAYS_TRAIN, write_arrays
 from cifar_format import dump_pickle, write_cifar10
-from image_files import image_folder, write_list
+from image_files import image_folder, write_list, write_png_bomb
 from cli_checks import assert_bad_input
 
 from bbn.checkpoint import save_checkpoint
@@ -180,6 +180,12 @@ def _missing_test_image_strict(env: Env) -> list[str]:
     return [*args[:-2], "data.strict=true", *args[-2:]]
 
 
+def _too_large_image_strict(env: Env) -> list[str]:
+    args = image_lists(env)
+    write_png_bomb(env.tmp / "imgs" / "class0" / "001.jpg")
+    return [*args[:-2], "data.strict=true", *args[-2:]]
+
+
 def train_digits(*overrides: str) -> Callable[[Env], list[str]]:
     return lambda env: ["train", "digits_bbn", *overrides, "--out", str(env.out)]
 
@@ -285,6 +291,74 @@ def _disk_full_first_checkpoint(env: Env) -> list[str]:
     return ["train", *TINY_DIGITS, "--out", str(env.out)]
 
 
+def _reference_file(env: Env, classifier: torch.Tensor, conv: torch.Tensor | None = None) -> Path:
+    """The least of a reference checkpoint that reaches its classifier's checks (a ResNet-32's
+    layer3 key, conv1 and the classifier), with the reference's `module.` prefixes."""
+    state = {"backbone.layer3.0.conv1.weight": torch.zeros(64, 32, 3, 3), "classifier.weight": classifier,
+             "backbone.conv1.weight": conv if conv is not None else torch.zeros(16, 3, 3, 3)}
+    path = env.tmp / "reference.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+    return path
+
+
+def import_of(classifier: Callable[[], torch.Tensor], conv: Callable[[], torch.Tensor] | None = None,
+              ) -> Callable[[Env], list[str]]:
+    return lambda env: ["import-reference", str(_reference_file(env, classifier(), conv and conv())),
+                        "--out", str(env.tmp / "imported.pt")]
+
+
+def _nan_conv() -> torch.Tensor:
+    weight = torch.zeros(16, 3, 3, 3)
+    weight[3, 1, 0, 2] = float("nan")
+    return weight
+
+
+def _zero_class_predict(env: Env) -> list[str]:
+    from bbn.predict import InputSpec
+
+    path = env.tmp / "zero.pt"
+    save_checkpoint({"format": 2, "config": _digits_cfg().to_dict(), "model": create_model("resnet32", 0, 3).state_dict(),
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+    image = env.tmp / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    return ["predict", str(path), str(image)]
+
+
+def _run_with_checkpoint(env: Env) -> Path:
+    """env.tmp as a run folder: its config.yaml and checkpoints/best.pt; returns best.pt."""
+    path = checkpoint_file(env)
+    save_config(_digits_cfg(), env.tmp / "config.yaml")
+    return path
+
+
+def _reference_over_run_checkpoint(env: Env) -> list[str]:
+    best = _run_with_checkpoint(env)
+    return ["import-reference", str(_reference_file(env, torch.zeros(10, 64))), "--out", str(best)]
+
+
+def _export_over_checkpoint(env: Env) -> list[str]:
+    other = env.tmp / "other.pt"
+    other.write_bytes(checkpoint_file(env).read_bytes())
+    return ["export", str(env.tmp / "checkpoints" / "best.pt"), "--format", "torchscript", "--out", str(other)]
+
+
+def cifar_root(make: Callable[[Path], object]) -> Callable[[Env], list[str]]:
+    """data.root is a path `make` turns into something other than a file or folder."""
+    def build(env: Env) -> list[str]:
+        root = env.tmp / "cifar"
+        make(root)
+        return ["train", *CIFAR_ARGS, f"data.root={root}", "--out", str(env.out)]
+    return build
+
+
+def _predict_torchscript(env: Env) -> list[str]:
+    path = env.tmp / "model.ts"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    return ["predict", str(path), str(env.tmp)]
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -322,6 +396,20 @@ CASES: list[Case] = [
          "replace the file with the official one",
          cifar_case(lambda f, e: (f / "batches.meta").write_bytes(_planted_global(e.marker))),
          ("batches.meta", "refuses to load global 'os.system'", "official")),
+    Case("data-root-symlink-loop", "data files", "data.root a symbolic link loop", "point data.root at the dataset",
+         cifar_root(lambda p: p.symlink_to(p.name)), ("data.root", "cifar' is a symbolic link loop", "point it at")),
+    Case("data-root-fifo", "data files", "data.root a named pipe (FIFO)", "point data.root at the dataset",
+         cifar_root(os.mkfifo), ("data.root", "is a named pipe (FIFO), not a regular file or folder")),
+    Case("data-root-device", "data files", "data.root a device (/dev/null)", "point data.root at the dataset",
+         lambda e: ["train", *CIFAR_ARGS, "data.root=/dev/null", "--out", str(e.out)],
+         ("data.root '/dev/null' is a character device, not a regular file or folder",)),
+    Case("data-root-dangling-link", "data files", "data.root a symbolic link to nothing", "point data.root at the dataset",
+         cifar_root(lambda p: p.symlink_to("moved-away")), ("data.root", "symbolic link to 'moved-away', which does not exist")),
+    Case("cifar-codecs-abuse", "data files", "a pickle calling _codecs.encode with another codec",
+         "replace the file with the official one",
+         cifar_case(lambda f, e: (f / "data_batch_5").write_bytes(
+             b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x006f73X\x03\x00\x00\x00hex\x86R.")),
+         ("data_batch_5", "refuses to call _codecs.encode(str, 'hex')", "official")),
     # user arrays (.npz)
     Case("arrays-nan", "user arrays", "a NaN pixel", "replace NaN/inf pixels before saving",
          arrays_case(x_train=_with_pixel(45, np.nan, 7)),
@@ -372,6 +460,9 @@ CASES: list[Case] = [
     Case("files-missing-image-strict", "image files", "a listed image missing, with data.strict=true",
          "replace or remove it, or data.strict=false", _missing_test_image_strict,
          ("gone.jpg", "line 6 of", "file not found", "data.strict=false")),
+    Case("files-image-too-large-strict", "image files", "an image declaring 14000x14000 pixels (never decoded), "
+         "with data.strict=true", "downscale or remove it, or data.strict=false", _too_large_image_strict,
+         ("001.jpg", "too large to decode", "data.strict=false")),
     # config
     Case("config-unknown-key", "config", "an unknown key (override)", "use the suggested key",
          train_digits("train.epoch=3"), ("unknown config key 'train.epoch'", "did you mean 'train.epochs'")),
@@ -478,6 +569,20 @@ CASES: list[Case] = [
          ("last.pt' does not fit the model of", "config.yaml", "put back the run's own last.pt")),
     Case("env-resume-not-a-run", "environment", "--resume of a folder that is no run", "pass the run folder",
          lambda e: ["train", "--resume", str(e.tmp)], ("not a run folder", "bbn train wrote")),
+    Case("env-export-into-checkpoints", "environment", "bbn export --out a run's checkpoints/best.pt",
+         "choose a file outside checkpoints/",
+         lambda e: ["export", str(e.tmp), "--format", "torchscript", "--out", str(_run_with_checkpoint(e))],
+         ("best.pt", "inside the checkpoints folder of run", "outside it")),
+    Case("env-import-into-checkpoints", "environment", "bbn import-reference --out a run's checkpoints/best.pt",
+         "choose a file outside checkpoints/", _reference_over_run_checkpoint,
+         ("best.pt", "inside the checkpoints folder of run", "outside it")),
+    Case("env-export-over-checkpoint", "environment", "bbn export --out an existing bbn checkpoint",
+         "choose a new file name", _export_over_checkpoint, ("other.pt", "existing bbn checkpoint", "another file name")),
+    Case("env-predict-out-run-file", "environment", "bbn predict --out a run's existing final.json",
+         "choose a new file name",
+         lambda e: (_run_with_checkpoint(e), (e.tmp / "final.json").write_text("{}\n"),
+                    ["predict", str(e.tmp), str(e.tmp), "--out", str(e.tmp / "final.json")])[-1],
+         ("final.json", "existing file of run", "new file name")),
     # checkpoint
     Case("ckpt-truncated", "checkpoint", "a checkpoint cut short", "use a checkpoint written by bbn train",
          eval_of(lambda e: _damaged(e, keep=slice(0, 2000))), ("best.pt", "cannot be read", "bbn train")),
@@ -500,6 +605,19 @@ CASES: list[Case] = [
          lambda e: ["eval", str(e.tmp / "nope.pt")], ("nope.pt", "does not exist")),
     Case("ckpt-resume-corrupt", "checkpoint", "--resume of a run whose last.pt is garbage", "start the run again",
          _corrupt_run_folder, ("last.pt", "corrupt")),
+    Case("import-stride0-classes", "checkpoint", "import-reference of a classifier declaring 10^8 classes it does "
+         "not store (stride 0)", "import the original checkpoint",
+         import_of(lambda: torch.zeros(1).expand(10**8, 128)),
+         ("reference.pth", "declares shape (100000000, 128)", "file stores 1", "damaged or crafted")),
+    Case("import-zero-classes", "checkpoint", "import-reference of a classifier with 0 classes",
+         "import a trained model", import_of(lambda: torch.zeros(0, 128)), ("0 classes", "not a trained classifier")),
+    Case("import-nan-weights", "checkpoint", "import-reference of a file holding NaN weights",
+         "import the original checkpoint", import_of(lambda: torch.zeros(10, 128), _nan_conv),
+         ("'backbone.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")),
+    Case("predict-torchscript", "checkpoint", "bbn predict of a TorchScript export", "pass the run or checkpoint",
+         _predict_torchscript, ("model.ts", "is an exported TorchScript model", "not a bbn checkpoint", "run folder")),
+    Case("predict-zero-classes", "checkpoint", "predict with a checkpoint whose classifier has 0 classes",
+         "use a trained model's checkpoint", _zero_class_predict, ("zero.pt", "0 classes", "not a trained classifier")),
 ]
 
 

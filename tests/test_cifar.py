@@ -122,6 +122,72 @@ def test_protocol5_arrays_load(c10: Path) -> None:
     assert load("cifar10", c10).train.images.shape[0] == 10 * C10_TRAIN
 
 
+def repickle(folder: Path, protocol: int) -> list[Path]:
+    """Load every file of a CIFAR folder and write it again as Python 3 does at `protocol`,
+    each batch with one extra empty byte string (which protocol 2 writes as `bytes()`)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for path in files:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+        with open(path, "wb") as f:
+            pickle.dump({**obj, b"empty": b""}, f, protocol=protocol)
+    return files
+
+
+@pytest.mark.parametrize("py2", [True, False])
+def test_python3_protocol2_pickles_load(tmp_path: Path, py2: bool) -> None:
+    """Python 3 writes bytes at protocol 2 as `_codecs.encode(str, 'latin1')` (the pixels,
+    and with bytes keys the keys and names too) and b"" as `__builtin__.bytes()`."""
+    folder = write_cifar10(tmp_path / "c10", C10_TRAIN, C10_TEST, py2=py2, known_image=known_image())
+    expected = load("cifar10", folder)
+    for path in repickle(folder, protocol=2):
+        raw = path.read_bytes()
+        assert raw.startswith(b"\x80\x02") and b"c_codecs\nencode\n" in raw and b"c__builtin__\nbytes\n" in raw
+    splits = load("cifar10", folder)
+    assert splits.train.class_names == CIFAR10_NAMES
+    for got, want in ((splits.train, expected.train), (splits.test, expected.test)):
+        assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
+    c100 = write_cifar100(tmp_path / "c100", C100_TRAIN, C100_TEST, py2=py2, known_image=known_image())
+    repickle(c100, protocol=2)
+    splits = load("cifar100", c100)
+    assert splits.train.class_names == CIFAR100_FINE_NAMES
+    np.testing.assert_array_equal(splits.train.images[0].permute(1, 2, 0).numpy(), known_image())
+
+
+def _call(module: str, name: str, *args: str | int) -> bytes:
+    """A protocol-2 pickle calling module.name(*args) (str or int arguments)."""
+    out = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"("
+    for arg in args:
+        if isinstance(arg, int):
+            out += b"\x8a" + bytes([(arg.bit_length() + 8) // 8]) + arg.to_bytes((arg.bit_length() + 8) // 8, "little")
+        else:
+            out += b"X" + struct.pack("<I", len(arg.encode())) + arg.encode()
+    return out + b"tR."
+
+
+@pytest.mark.parametrize("payload,refusal", [
+    (_call("_codecs", "encode", "x" * 8, "zlib_codec"), "_codecs.encode(str, 'zlib_codec')"),
+    (_call("_codecs", "encode", "6f73", "hex"), "_codecs.encode(str, 'hex')"),
+    (_call("_codecs", "encode", 10**6, "latin1"), "_codecs.encode(int, 'latin1')"),
+    (_call("__builtin__", "bytes", 10**12), "bytes() with 1 argument(s)"),
+    (_call("builtins", "bytes", "abc", "latin1"), "bytes() with 2 argument(s)"),
+    (_call("_codecs", "decode", "x", "latin1"), "global '_codecs.decode'"),
+    (_call("_codecs", "lookup", "latin1"), "global '_codecs.lookup'"),
+    (_call("codecs", "encode", "x", "latin1"), "global 'codecs.encode'"),
+    (_call("__builtin__", "bytearray", 10**12), "global '__builtin__.bytearray'"),
+    (_call("__builtin__", "eval", "__import__('os').system('touch pwned')"), "global '__builtin__.eval'"),
+], ids=["zlib", "hex", "int", "bytes-n", "bytes-str", "decode", "lookup", "codecs", "bytearray", "eval"])
+def test_bytes_rebuilding_admits_nothing_more(c10: Path, payload: bytes, refusal: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only `_codecs.encode(str, 'latin1')` and `bytes()` are admitted: other encodings,
+    arguments (bytes(10**12) would allocate a terabyte) and other codec functions are refused."""
+    monkeypatch.chdir(c10)
+    (c10 / "batches.meta").write_bytes(payload)
+    with raises_one_line(f"'{c10 / 'batches.meta'}' refuses", refusal, "not a CIFAR batch"):
+        load("cifar10", c10)
+    assert not (c10 / "pwned").exists()
+
+
 def _global_call(module: str, name: str, arg: str) -> bytes:
     """A pickle that calls module.name(arg) when loaded by an unrestricted unpickler."""
     text = arg.encode()

@@ -4,6 +4,7 @@ class names and input shape inside; bad requests fail before anything is written
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
-from bbn.config import build_config
+from bbn.config import build_config, save_config
 from bbn.models import create_model
 from bbn.predict import InputSpec
 from cli_checks import assert_bad_input
@@ -111,3 +112,55 @@ def test_a_diverging_export_is_refused(checkpoint: tuple[Path, torch.nn.Module],
     assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
                      "differs from the checkpoint's by 1 in a logit")
     assert list(tmp_path.iterdir()) == []
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_never_replaces_a_runs_files_a_checkpoint_or_its_input(
+        checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = checkpoint
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(build_config({}), run / "config.yaml")
+    shutil.copy(path, run / "checkpoints" / "best.pt")
+    (run / "final.json").write_text("{}\n")
+    other = shutil.copy(path, tmp_path / "other.pt")  # a bbn checkpoint outside any run
+    (tmp_path / "link.ts").symlink_to(run / "checkpoints" / "best.pt")
+    before = snapshot(tmp_path)
+    refused = {run / "checkpoints" / "best.pt": "inside the checkpoints folder of run",
+               run / "checkpoints" / "model.ts": "inside the checkpoints folder of run",
+               tmp_path / "link.ts": "inside the checkpoints folder of run",
+               run / "final.json": "existing file of run", other: "existing bbn checkpoint",
+               run / "checkpoints": "is a folder"}
+    for out, words in refused.items():
+        assert_bad_input(["export", str(run), "--format", "torchscript", "--out", str(out)], capsys, words)
+    assert_bad_input(["export", str(other), "--format", "torchscript", "--out", str(other)], capsys,
+                     "the input file itself")
+    assert snapshot(tmp_path) == before
+    # a new file in the run folder, and an earlier export outside it, are written
+    for out in (run / "model.ts", tmp_path / "model.ts", tmp_path / "model.ts"):
+        assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert snapshot(tmp_path).items() >= before.items()
+
+
+def test_predict_and_export_on_an_exported_model_say_what_it_is(
+        checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not "corrupt, start the run again" with torch's text cut mid-word: the file is an export,
+    and predict wants the run or checkpoint it came from."""
+    from PIL import Image
+
+    path, _ = checkpoint
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for fmt, name, kind in (("torchscript", "m.ts", "TorchScript"), ("onnx", "m.onnx", "ONNX")):
+        out = tmp_path / name
+        assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+        capsys.readouterr()
+        line = assert_bad_input(["predict", str(out), str(image)], capsys, name, f"is an exported {kind} model",
+                                "not a bbn checkpoint", "run folder")
+        assert "corrupt" not in line and "start the run again" not in line
+        assert_bad_input(["export", str(out), "--format", "torchscript", "--out", str(tmp_path / "again.ts")], capsys,
+                         f"is an exported {kind} model")
+    assert not (tmp_path / "again.ts").exists()

@@ -349,3 +349,70 @@ def test_a_file_run_stopped_mid_epoch_resumes_to_the_same_weights(folder: Path, 
     a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ---------------------------------------------------------------- images too large to decode
+
+
+def no_decoding_of(monkeypatch: pytest.MonkeyPatch, *bombs: Path) -> list[str]:
+    """Make torchvision's decoder and Pillow's pixel loading fail the test on any of `bombs`;
+    returns the paths the decoder was called on."""
+    import bbn.data.transforms as transforms
+    from PIL import ImageFile
+
+    decoded: list[str] = []
+    real_decode, real_load = transforms.decode_image, ImageFile.ImageFile.load
+    refused = {str(b) for b in bombs}
+
+    def decode(path: str, *args: object, **kwargs: object) -> torch.Tensor:
+        assert str(path) not in refused, f"torchvision decoded {path}"
+        decoded.append(str(path))
+        return real_decode(path, *args, **kwargs)
+
+    def load(self: ImageFile.ImageFile) -> object:
+        assert getattr(self, "filename", None) not in refused, f"Pillow decoded {self.filename}"
+        return real_load(self)
+
+    monkeypatch.setattr(transforms, "decode_image", decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return decoded
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 14000 x 14000 PNG of a few hundred bytes (beyond Pillow's own bomb limit) and a
+    10000 x 10000 one (beyond MAX_IMAGE_PIXELS only) are refused without any decoder running."""
+    from image_files import write_png_bomb
+
+    from bbn.data.transforms import MAX_IMAGE_PIXELS, image_size
+
+    big = write_png_bomb(tmp_path / "big.png")
+    large = write_png_bomb(tmp_path / "large.png", 10000, 10000)
+    write_image(tmp_path / "ok.png", 100, size=(30, 40))
+    decoded = no_decoding_of(monkeypatch, big, large)
+    assert big.stat().st_size < 2000 and 10000 * 10000 > MAX_IMAGE_PIXELS
+    with pytest.raises(ImageReadError, match="too large to decode"):
+        read_image(str(big))
+    with pytest.raises(ImageReadError, match=r"too large to decode \(10000x10000 pixels, more than 89,478,485\)"):
+        read_image(str(large))
+    assert image_size(str(tmp_path / "ok.png")) == (40, 30)
+    assert read_image(str(tmp_path / "ok.png")).shape == (3, 30, 40)
+    assert decoded == [str(tmp_path / "ok.png")]
+
+
+def test_a_too_large_training_image_is_skipped_and_listed_without_decoding(folder: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from image_files import write_png_bomb
+
+    cfg = folder_cfg(folder)
+    data = prepare_data(cfg)
+    bad = next(i for i in range(len(data.train)) if int(data.train.labels[i]) == 1)
+    write_png_bomb(Path(data.train.paths[bad]))
+    decoded = no_decoding_of(monkeypatch, Path(data.train.paths[bad]))
+    images = file_set(data.train, cfg)
+    log = tmp_path / "skipped_images.txt"
+    images.set_skip_log(log)
+    (x, y), = _epoch(images, [torch.tensor([bad, 0])])
+    assert y.tolist() == [1, int(data.train.labels[0])] and len(decoded) == 2  # the replacement and image 0
+    split, path, reason = log.read_text().rstrip("\n").split("\t")
+    assert (split, path) == ("train", data.train.paths[bad]) and "too large to decode" in reason

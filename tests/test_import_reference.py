@@ -279,3 +279,87 @@ def test_bad_reference_checkpoints(ref32: tuple[Path, Tensors], tmp_path: Path,
     assert_bad_input(["import-reference", str(path), "--out", str(out), "--class-names", str(names)], capsys,
                      "2 lines for 10 classes")
     assert not out.exists()
+
+
+def _forbid_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the network for a refused file would allocate its declared size: fail instead."""
+    def create_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"a network was built for a file that must be refused: {args}")
+    monkeypatch.setattr("bbn.convert.create_model", create_model)
+
+
+def test_a_classifier_declaring_more_values_than_stored_is_refused_before_building(
+        ref32: tuple[Path, Tensors], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """10^8 classes as a stride-0 view of one stored value: a 2 MB file that would need 51 GB."""
+    _, sd = ref32
+    huge = {**sd, "classifier.weight": torch.zeros(1).expand(10**8, 128),
+            "classifier.bias": torch.zeros(1).expand(10**8)}
+    path = save_reference(huge, tmp_path / "huge.pth")
+    assert path.stat().st_size < 4_000_000
+    _forbid_building(monkeypatch)
+    out = tmp_path / "out.pt"
+    for extra in ([], ["--num-classes", str(10**8)]):  # --num-classes cannot vouch for bytes the file lacks
+        assert_bad_input(["import-reference", str(path), "--out", str(out), *extra], capsys,
+                         "'classifier.weight' declares shape (100000000, 128)", "file stores 1", "damaged or crafted")
+    assert not out.exists()
+
+
+def test_more_classes_than_the_bound_need_num_classes(ref32: tuple[Path, Tensors], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A classifier beyond MAX_IMPORT_CLASSES (here lowered to 9) is refused before the network
+    is built, unless --num-classes names its size."""
+    path, _ = ref32
+    out = tmp_path / "out.pt"
+    monkeypatch.setattr("bbn.convert.MAX_IMPORT_CLASSES", 9)
+    with monkeypatch.context() as m:
+        _forbid_building(m)
+        assert_bad_input(["import-reference", str(path), "--out", str(out)], capsys,
+                         "declares 10 classes, more than the 9", "--num-classes 10")
+    assert not out.exists()
+    assert main(["import-reference", str(path), "--out", str(out), "--num-classes", "10"]) == 0
+    assert load_checkpoint(out)["model"]["classifier.weight"].shape == (10, 128)
+
+
+def test_a_zero_class_classifier_is_refused(ref32: tuple[Path, Tensors], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _, sd = ref32
+    path = save_reference({**sd, "classifier.weight": torch.zeros(0, 128), "classifier.bias": torch.zeros(0)},
+                          tmp_path / "zero.pth")
+    out = tmp_path / "out.pt"
+    assert_bad_input(["import-reference", str(path), "--out", str(out)], capsys, "0 classes", "not a trained classifier")
+    assert not out.exists()
+
+
+def test_nan_weights_are_named_as_a_damaged_file(ref32: tuple[Path, Tensors], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Not the training advice (lower train.lr) of a run that diverged: the file itself is bad."""
+    _, sd = ref32
+    weight = sd["backbone.layer2.1.conv1.weight"].clone()
+    weight[0, 0, 0, 0] = float("inf")
+    path = save_reference({**sd, "backbone.layer2.1.conv1.weight": weight}, tmp_path / "nan.pth")
+    out = tmp_path / "out.pt"
+    line = assert_bad_input(["import-reference", str(path), "--out", str(out)], capsys,
+                            "'backbone.layer2.1.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")
+    assert "train.lr" not in line and not out.exists()
+
+
+def test_import_never_replaces_a_runs_checkpoint_or_a_bbn_checkpoint(ref32: tuple[Path, Tensors], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = ref32
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: mine\n")
+    best = run / "checkpoints" / "best.pt"
+    assert main(["import-reference", str(path), "--out", str(tmp_path / "c10.pt")]) == 0
+    best.write_bytes((tmp_path / "c10.pt").read_bytes())
+    before = {p: p.read_bytes() for p in (best, tmp_path / "c10.pt", path)}
+    assert_bad_input(["import-reference", str(path), "--out", str(best)], capsys, "inside the checkpoints folder")
+    assert_bad_input(["import-reference", str(path), "--out", str(run / "checkpoints" / "new.pt")], capsys,
+                     "inside the checkpoints folder")
+    assert_bad_input(["import-reference", str(path), "--out", str(tmp_path / "c10.pt")], capsys,
+                     "existing bbn checkpoint")
+    assert_bad_input(["import-reference", str(path), "--out", str(path)], capsys, "the input file itself")
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt"]

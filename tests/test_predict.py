@@ -106,6 +106,25 @@ def test_unreadable_images_are_skipped_with_a_warning(digits_run: tuple[Path, to
     assert code == 2 and err[-1].startswith("bbn: error: none of the 1 files") and not out.exists()
 
 
+def test_an_image_too_large_to_decode_is_skipped_without_decoding(
+        digits_run: tuple[Path, torch.nn.Module, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A PNG of a few hundred bytes declaring 14000 x 14000 pixels: one warning line, and
+    neither torchvision's decoder nor Pillow's ever decodes it."""
+    from image_files import write_png_bomb
+    from test_files import no_decoding_of
+
+    run, _, images = digits_run
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    decoded = no_decoding_of(monkeypatch, bomb)
+    assert main(["predict", str(run), str(bomb), str(images / "digit2.png")]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("bbn: warning: skipping") and "bomb.png" in warnings[0]
+    assert "too large to decode" in warnings[0] and "digit2.png" in captured.out
+    assert decoded == [str(images / "digit2.png")]
+
+
 def test_bad_arguments(digits_run: tuple[Path, torch.nn.Module, Path], tmp_path: Path,
                        capsys: pytest.CaptureFixture[str]) -> None:
     run, _, images = digits_run
@@ -115,6 +134,23 @@ def test_bad_arguments(digits_run: tuple[Path, torch.nn.Module, Path], tmp_path:
     assert_bad_input(["predict", str(tmp_path / "norun"), str(images)], capsys, "does not exist")
     (tmp_path / "empty").mkdir()
     assert_bad_input(["predict", str(run), str(tmp_path / "empty")], capsys, "no image files")
+
+
+def test_predict_out_never_replaces_a_runs_files(digits_run: tuple[Path, torch.nn.Module, Path],
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, images = digits_run
+    (run / "config.yaml").write_text("name: mine\n")  # what makes the folder a run
+    (run / "final.json").write_text("{}\n")
+    try:
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        for out, words in ((run / "checkpoints" / "p.json", "inside the checkpoints folder"),
+                           (run / "final.json", "existing file of run")):
+            assert_bad_input(["predict", str(run), str(images), "--out", str(out)], capsys, words)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        assert main(["predict", str(run), str(images), "--out", str(run / "predictions.csv")]) == 0
+    finally:
+        for name in ("config.yaml", "final.json", "predictions.csv"):
+            (run / name).unlink(missing_ok=True)
 
 
 def test_resize_and_center_crop_of_the_input_spec() -> None:
@@ -170,3 +206,50 @@ def test_image_file_config_resizes_and_centre_crops(tmp_path: Path) -> None:
     with torch.no_grad():
         probs = torch.softmax(model(x[None]), dim=1)[0]
     assert [t["probability"] for t in result["top"]] == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-5)
+
+
+def test_a_zero_class_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint whose classifier has no class (as old imports wrote): predict and export
+    refuse it in one line instead of failing on an empty top-k."""
+    path = tmp_path / "zero.pt"
+    model = create_model("resnet32", 0, in_channels=3)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": model.state_dict(),
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert_bad_input(["predict", str(path), str(image)], capsys, "zero.pt", "0 classes", "not a trained classifier")
+    assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
+                     "0 classes")
+    assert not (tmp_path / "m.ts").exists()
+
+
+def test_weights_declaring_more_values_than_stored_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint (checksummed, but crafted) with a stride-0 classifier of 10^8 classes is
+    refused before the network is built."""
+    model = create_model("resnet32", 10, in_channels=3)
+    state = {**model.state_dict(), "classifier.weight": torch.zeros(1).expand(10**8, 64),
+             "classifier.bias": torch.zeros(1).expand(10**8)}
+    path = tmp_path / "huge.pt"
+    monkeypatch.setattr("bbn.checkpoint.nonfinite_entries", lambda tree: [])  # its check would expand it
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": state,
+                     "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
+
+    def create(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a network was built for a crafted checkpoint: {args}")
+    monkeypatch.setattr("bbn.predict.create_model", create)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert_bad_input(["predict", str(path), str(image)], capsys, "huge.pt", "declares shape (100000000, 64)",
+                     "damaged or crafted")
+
+
+def test_a_quoted_library_error_is_cut_between_words() -> None:
+    from bbn.errors import first_line
+
+    text = "Cannot use ``weights_only=True`` with TorchScript archives passed to ``torch.load``. " * 3
+    quoted = first_line(RuntimeError(text), 100)
+    assert len(quoted) <= 100 and quoted.endswith("…")
+    assert text.startswith(quoted[:-1]) and text[len(quoted) - 1] in " .,;:"  # a whole word was kept last
+    assert first_line(RuntimeError("short\nsecond line")) == "short"
+    assert first_line(RuntimeError("x" * 300), 50) == "x" * 49 + "…"

@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from bbn.checkpoint import CHECKPOINT_FORMAT, nonfinite_entries, save_checkpoint
 from bbn.config import Config, build_config, load_config
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError, first_line
 from bbn.models import MODELS, create_model
 from bbn.models.resnet50 import ResNet50Backbone
+from bbn.outputs import check_out
 from bbn.predict import InputSpec
+from bbn.weights import MAX_IMPORT_CLASSES, check_num_classes, check_stored
 
 try:  # NumPy 2 keeps it in numpy._core; files written under NumPy 1 name numpy.core
     from numpy._core.multiarray import scalar as _np_scalar
@@ -75,6 +77,12 @@ def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise BBNError(f"checkpoint '{path}' has no state dict of named tensors; pass the .pth file of a "
                        "reference model")
     state = {_strip_module(k): v for k, v in state.items()}
+    check_stored(state, f"checkpoint '{path}'")
+    bad = nonfinite_entries(state)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise BBNError(f"checkpoint '{path}': '{bad[0].rstrip('.')}'{more} holds NaN or inf weights; the file is "
+                       "damaged or not a trained model, import the original checkpoint")
     info = {"epoch": _plain(raw.get("epoch")), "best_result": _plain(raw.get("best_result")),
             "best_epoch": _plain(raw.get("best_epoch"))} if "state_dict" in raw else {}
     return state, info
@@ -115,7 +123,8 @@ def convert_state(state: dict[str, torch.Tensor], model_name: str | None = None,
                   num_classes: int | None = None) -> tuple[str, torch.nn.Module]:
     """(model name, our model holding the reference weights); every reference weight must
     find its place and every place its weight (only BN's `num_batches_tracked` may be
-    missing, as in checkpoints from before it existed)."""
+    missing, as in checkpoints from before it existed). The class count is checked before
+    the network is built: at least 1, at most MAX_IMPORT_CLASSES unless `num_classes` says so."""
     detected = detect_model(state)
     name = model_name or detected
     MODELS.get(name)
@@ -123,6 +132,7 @@ def convert_state(state: dict[str, torch.Tensor], model_name: str | None = None,
     if num_classes is not None and num_classes != classes:
         raise BBNError(f"--num-classes {num_classes} does not match the checkpoint's classifier "
                        f"({classes} classes); drop --num-classes or pass {classes}")
+    check_num_classes(classes, "the reference state dict", max(MAX_IMPORT_CLASSES, num_classes or 0))
     model = create_model(name, classes, in_channels)
     ours = model.state_dict()
     unexpected = sorted(set(state) - set(ours))
@@ -160,12 +170,11 @@ def import_reference(checkpoint: str | Path, out: str | Path, model_name: str | 
                      num_classes: int | None = None, config: str | Path | None = None,
                      overrides: list[str] | tuple[str, ...] = (), class_names: str | Path | None = None,
                      ) -> dict[str, Any]:
-    """Convert a reference checkpoint and write it to `out` as a bbn checkpoint; returns a
+    """Convert a reference checkpoint and write it to `out` as a bbn checkpoint (never over a
+    run's checkpoints or another bbn checkpoint: `bbn.outputs.check_out`); returns a
     summary (model, classes, parameters, reference epoch and best result, data config)."""
 
-    checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
-        raise BBNError(f"--out '{out}' is the reference checkpoint itself; write the import to another file")
+    checkpoint, out = Path(checkpoint), check_out(out, inputs=[checkpoint])
     if not out.parent.is_dir():
         raise BBNError(f"folder '{out.parent}' of --out does not exist; create it first")
     data_config = config is not None or any(o.strip().startswith("data.") for o in overrides)

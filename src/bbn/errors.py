@@ -32,10 +32,15 @@ class BBNError(Exception):
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
-    """The first line of an exception's message (its type when empty), cut to `limit`: how a
-    library error is quoted inside a one-line BBNError."""
+    """The first line of an exception's message (its type when empty), at most `limit`
+    characters, cut between words and marked with "…": how a library error is quoted inside
+    a one-line BBNError."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0] if " " in line[:limit] else line[:limit - 1]
+    return cut.rstrip(" ,;:") + "…"
 
 
 class Preempted(Exception):

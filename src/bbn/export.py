@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from bbn.errors import BBNError
+from bbn.evaluate import checkpoint_file
+from bbn.outputs import check_out
 from bbn.predict import Predictor, load_predictor
 from bbn.runs import publish
 
@@ -100,11 +102,12 @@ def parity(model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], x: torch
 
 
 def export_model(target: str | Path, fmt: str, out: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Export the network of a run folder or checkpoint to `out`; returns the format, the
+    """Export the network of a run folder or checkpoint to `out` (never over a run's
+    checkpoints or a bbn checkpoint: `bbn.outputs.check_out`); returns the format, the
     file, the input shape and the parity check's max logit difference."""
     if fmt not in EXPORT_FORMATS:
         raise BBNError(f"unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
-    out = Path(out)
+    out = check_out(out, inputs=[checkpoint_file(target)])
     if not out.parent.is_dir():
         raise BBNError(f"folder '{out.parent}' of --out does not exist; create it first")
     if fmt == "onnx":

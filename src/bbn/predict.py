@@ -1,14 +1,14 @@
 """`bbn predict`: top-k classes and probabilities of image files from a trained run or an
 imported checkpoint.
 
-An image is decoded (`bbn.data.transforms.read_image`: torchvision, Pillow for the other
-formats), converted to the network's channels (RGB, or luma for one-channel networks) and
-brought to its input as the checkpoint's config defines: the in-memory sources (digits,
-CIFAR, arrays) resize the whole image to the training resolution; the image-file sources
-(iNaturalist-style) resize the shorter side and center-crop (`image_transform`). A
-checkpoint may carry the input description itself (`"input"`, written by
-`bbn import-reference`), and its class names (`"class_names"`); otherwise the run's data
-supplies them, as `bbn eval` loads it.
+An image is decoded (`bbn.data.transforms.read_image`: its size checked from its header,
+then torchvision, Pillow for the other formats), converted to the network's channels (RGB,
+or luma for one-channel networks) and brought to its input as the checkpoint's config
+defines: the in-memory sources (digits, CIFAR, arrays) resize the whole image to the
+training resolution; the image-file sources (iNaturalist-style) resize the shorter side
+and center-crop (`image_transform`). A checkpoint may carry the input description itself
+(`"input"`, written by `bbn import-reference`), and its class names (`"class_names"`);
+otherwise the run's data supplies them, as `bbn eval` loads it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from bbn.errors import BBNError
 from bbn.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
+from bbn.outputs import check_out, exported_format
 from bbn.runs import write_text_atomically
+from bbn.weights import check_num_classes, check_stored
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -103,7 +105,8 @@ class Predictor:
 
 
 def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> nn.Module:
-    """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode."""
+    """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode;
+    weights that declare more values than the file stores, or no class, are refused first."""
     state = payload["model"]
     try:
         num_classes = int(state["classifier.weight"].shape[0])
@@ -111,6 +114,8 @@ def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> n
     except (KeyError, TypeError, AttributeError, IndexError):
         raise BBNError(f"checkpoint '{path}' holds no bbn network (no classifier.weight / "
                        "backbone.conv1.weight); use a checkpoint written by bbn train or bbn import-reference") from None
+    check_stored({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, f"checkpoint '{path}'")
+    check_num_classes(num_classes, f"checkpoint '{path}'")
     model = create_model(cfg.model.name, num_classes, channels)
     try:
         model.load_state_dict(state)
@@ -143,6 +148,10 @@ def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str
 def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
     """The predictor of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
     path = checkpoint_file(target)
+    kind = exported_format(path)
+    if kind is not None:
+        raise BBNError(f"'{path}' is an exported {kind} model (bbn export), not a bbn checkpoint; pass the run "
+                       "folder or the bbn checkpoint (.pt from bbn train or bbn import-reference) it was exported from")
     payload = load_checkpoint(path)
     cfg = build_config(payload["config"])
     model = model_from_checkpoint(payload, cfg, path)
@@ -241,9 +250,10 @@ def _csv_text(results: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def check_output(out: str | Path) -> Path:
-    """`--out` must end in .csv or .json and be in an existing folder (checked before any work)."""
-    out = Path(out)
+def check_output(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """`--out` must end in .csv or .json, be in an existing folder and not replace a run's
+    files, a bbn checkpoint or an input (`bbn.outputs.check_out`); checked before any work."""
+    out = check_out(out, inputs)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise BBNError(f"--out '{out}' must end in .csv or .json; the extension picks the format")
     if not out.parent.is_dir():
@@ -268,7 +278,7 @@ def predict_command(target: str | Path, images: Sequence[str | Path], topk: int 
     from bbn.evaluate import resolve_device
 
     if out is not None:
-        check_output(out)
+        check_output(out, [checkpoint_file(target), *images])
     if topk < 1:
         raise BBNError(f"--topk {topk} must be at least 1")
     predictor = load_predictor(target, resolve_device(device_name))

@@ -3,7 +3,9 @@
 The batches were written by Python 2's cPickle: a dict whose keys are byte strings and
 whose `data` is a numpy uint8 array of N x 3072 (the 32x32 red plane, then green, then
 blue, row-major). Pickles can run arbitrary code, so they are read with an unpickler that
-only admits numpy's array reconstruction; anything else is refused before it runs.
+only admits numpy's array reconstruction, and (for the same dicts re-pickled by Python 3 at
+protocol 2) `_codecs.encode(str, "latin1")` and `bytes()` to rebuild byte strings, each
+checking its arguments; anything else is refused before it runs.
 `data.image_size` is not applied here: CIFAR images stay 32x32 as in the paper.
 """
 
@@ -52,6 +54,32 @@ _ALLOWED_GLOBALS = frozenset(
 )
 _NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
 
+
+class _RefusedCall(pickle.UnpicklingError):
+    """An admitted global called with arguments a CIFAR file never gives it."""
+
+
+def _latin1_bytes(text: object, encoding: object) -> bytes:
+    """`_codecs.encode(text, "latin1")`, the only call Python 3 emits for a bytes object
+    at protocol 2 (a batch's raw pixels, its byte-string values); any other argument is
+    refused."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _RefusedCall(f"_codecs.encode({type(text).__name__}, {str(encoding)[:40]!r})")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """`bytes()`, what Python 3 emits for b"" at protocol 2; never `bytes(n)` or `bytes(iterable)`."""
+    if args:
+        raise _RefusedCall(f"bytes() with {len(args)} argument(s)")
+    return b""
+
+
+# How Python 3 pickles bytes at protocols 0-2: the callable rebuilding them, in its
+# restricted form (protocol 2 names builtins by their Python 2 module, __builtin__).
+_BYTES_GLOBALS = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+                  ("builtins", "bytes"): _empty_bytes}
+
 # What a truncated or foreign file can raise while being unpickled or rebuilt by numpy.
 _CORRUPT_PICKLE = (
     EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
@@ -94,13 +122,16 @@ _CIFAR100 = _Layout(
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """`encoding="bytes"` unpickler that resolves only the numpy globals CIFAR files need."""
+    """`encoding="bytes"` unpickler that resolves only the numpy globals CIFAR files need,
+    and the restricted rebuilding of bytes that Python 3 writes at protocols 0-2."""
 
     def __init__(self, file: BinaryIO, path: Path) -> None:
         super().__init__(file, encoding="bytes")
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _BYTES_GLOBALS:
+            return _BYTES_GLOBALS[module, name]
         if (module, name) not in _ALLOWED_GLOBALS:
             raise BBNError(
                 f"'{self._path}' refuses to load global '{module}.{name}'; the file is not a "
@@ -118,6 +149,9 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
             obj = _RestrictedUnpickler(f, path).load()
     except OSError as exc:
         raise BBNError(f"cannot read '{path}': {exc.strerror}; check the file and its permissions") from None
+    except _RefusedCall as exc:
+        raise BBNError(f"'{path}' refuses to call {exc}; the file is not a CIFAR batch, replace it with the "
+                       "official one") from None
     except _CORRUPT_PICKLE:
         raise BBNError(f"'{path}' is truncated or not a CIFAR pickle; re-download it") from None
     if not isinstance(obj, dict):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bbn.config import Config
+from bbn.config import Config, DataConfig
 from bbn.data.annotations import check_unused
 from bbn.data.longtail import check_trainable, first_per_class, make_longtail
 from bbn.data.sources import LabeledImages, Splits, load_source
@@ -22,8 +26,41 @@ def resize(data: LabeledImages, size: int) -> LabeledImages:
     return replace(data, images=images.round().clamp(0, 255).to(torch.uint8))
 
 
+PATH_KEYS = ("root", "train_file", "test_file", "test_root")
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def path_problem(path: Path) -> str | None:
+    """What makes an existing `path` unusable as data (a symbolic-link loop, a dangling link,
+    a pipe or device, no access), or None: a regular file, a folder, or nothing there (which
+    the source reports as not found)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"is a symbolic link to '{os.readlink(path)}', which does not exist" if path.is_symlink() else None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be accessed ({exc.strerror})"
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"is {kind}, not a regular file or folder"
+
+
+def check_paths(cfg: DataConfig) -> None:
+    """Refuse a data path that exists but is no file or folder, naming what it is."""
+    for key in PATH_KEYS:
+        value = getattr(cfg, key)
+        problem = path_problem(Path(value).expanduser()) if value else None
+        if problem:
+            raise BBNError(f"data.{key} '{value}' {problem}; point it at the dataset's folder or file")
+
+
 def prepare_data(cfg: Config) -> Splits:
     """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
+    check_paths(cfg.data)
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
     if isinstance(train, LabeledImages):  # keys only image-file sources read: refuse, never ignore

@@ -9,6 +9,7 @@ normalisation runs on the compute device, as for the in-memory sources.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Callable
 
@@ -42,9 +43,46 @@ class ImageReadError(Exception):
         self.reason = reason
 
 
+# The most pixels an image may declare: Pillow's default limit (about 89.5 million, a
+# 9459 x 9459 square). A 190 KB PNG can declare 14000 x 14000 pixels (4.4 GB decoded).
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def _pillow_reason(exc: Exception, path: str) -> str:
+    reason = str(exc).splitlines()[0].replace(f" {path!r}", "") if str(exc) else type(exc).__name__
+    return f"not a readable image ({reason[:120]})"
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) as the image file's header declares them, read by Pillow without
+    decoding a pixel. ImageReadError for a missing file, a file that is no image, or one
+    declaring more than MAX_IMAGE_PIXELS pixels."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # an image above Pillow's own limit is refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:  # above twice Pillow's limit: refused while opening
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "its header's size"
+        raise ImageReadError(path, f"too large to decode ({size}, more than {MAX_IMAGE_PIXELS:,})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise ImageReadError(path, _pillow_reason(exc, path)) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(path, f"too large to decode ({width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,})")
+    return width, height
+
+
 def read_image(path: str) -> torch.Tensor:
-    """The image at `path` as uint8 RGB (3, H, W): torchvision's decoder, and Pillow for
-    the formats it lacks (BMP, TIFF, ...). Raises ImageReadError for a missing or broken file."""
+    """The image at `path` as uint8 RGB (3, H, W). Its header is read first (`image_size`),
+    so no decoder ever runs on an image too large to decode; then torchvision's decoder, and
+    Pillow for the formats it lacks (BMP, TIFF, ...). Raises ImageReadError for a missing,
+    broken or too large file."""
+    image_size(path)
     if decode_image is not None:
         try:
             with warnings.catch_warnings():  # torchvision 0.29 announces its decoders' deprecation
@@ -60,8 +98,7 @@ def read_image(path: str) -> torch.Tensor:
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        reason = str(exc).splitlines()[0].replace(f" {path!r}", "") if str(exc) else type(exc).__name__
-        raise ImageReadError(path, f"not a readable image ({reason[:120]})") from None
+        raise ImageReadError(path, _pillow_reason(exc, path)) from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
