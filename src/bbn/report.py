@@ -213,6 +213,7 @@ def _plot_confusion_summary(path: Path, cells: np.ndarray, counts: np.ndarray,
     for k, (t, _, n) in enumerate(top):
         ax.text(n, k, f" {n} ({100.0 * n / support[t]:.0f}% of class)", va="center", fontsize=7)
     ax.set_xlim(0, (top[:, 2].max() if len(top) else 1) * 1.35)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("test images (true → predicted)")
     ax.set_title(f"Most confused class pairs (top {len(top)} of {off})")
     save_png(fig, path)
