@@ -21,6 +21,7 @@ from bbn.data.sources import LabeledImages
 from bbn.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageReadError, crop_transform, image_transform,
                                  read_image, resize_size)
 from bbn.errors import BBNError
+from bbn.results import dense_confusion
 from cli_checks import assert_bad_input
 
 SIZE = 16
@@ -294,7 +295,7 @@ def test_bbn_train_on_an_image_folder(folder: Path, tmp_path: Path, capsys: pyte
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["val_top1"] is not None for r in rows)
     final = json.loads((run / "final.json").read_text())
     assert final["class_counts"] == [7, 5, 4] and final["class_names"] == ["class0", "class1", "class2"]
-    assert sum(map(sum, final["confusion"])) == 6  # the 6 held-out test images
+    assert dense_confusion(final["confusion"]).sum() == 6  # the 6 held-out test images
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     # the broken image is met in training (every image once per epoch) or in testing, and listed once
     skipped = (run / "skipped_images.txt").read_text().splitlines()

@@ -1,11 +1,18 @@
-"""Evaluation metrics: top-1/top-5, confusion matrix, per-class and shot-group accuracy."""
+"""Evaluation metrics: top-1/top-5, sparse confusion, per-class and shot-group accuracy;
+the results file (final.json / eval.json) format 2."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
-from bbn.metrics import classification_metrics, confusion_matrix, topk_correct
+from bbn.errors import BBNError
+from bbn.metrics import classification_metrics, prediction_metrics, topk_correct
+from bbn.results import FORMAT, confusion_cells, dense_confusion, sparse_confusion, write_results
 
 C = 6
 # many (> 100): classes 0, 1; medium (20..100): 2, 3; few (< 20): 4, 5
@@ -62,12 +69,15 @@ def test_topk_correct() -> None:
     assert bool(topk_correct(logits, labels, 50).all())
 
 
-def test_confusion_matrix_rows_are_true_classes() -> None:
-    cm = confusion_matrix(torch.tensor([0, 0, 1]), torch.tensor([1, 1, 0]), 2)
-    assert cm.tolist() == [[0, 1], [2, 0]]
+def test_confusion_rows_are_true_classes() -> None:
+    cm = sparse_confusion(torch.tensor([0, 0, 1]), torch.tensor([1, 1, 0]), 2)
+    assert cm == {"format": "coo", "num_classes": 2, "pairs": [[0, 1, 1], [1, 0, 2]]}
+    assert dense_confusion(cm).tolist() == [[0, 1], [2, 0]]
     logits, labels = logits_labels()
     m = classification_metrics(logits, labels, TRAIN_COUNTS)
-    assert m["confusion"] == [
+    assert m["confusion"]["format"] == "coo"  # sparse: only the nonzero cells
+    assert len(m["confusion"]["pairs"]) == 10
+    assert dense_confusion(m["confusion"]).tolist() == [
         [2, 0, 0, 0, 0, 0],
         [1, 2, 1, 0, 0, 0],
         [0, 0, 1, 1, 0, 0],
@@ -134,3 +144,70 @@ def test_metrics_accept_half_precision_logits() -> None:
     logits, labels = logits_labels()
     m = classification_metrics(logits.half(), labels, TRAIN_COUNTS)
     assert m["top1"] == pytest.approx(8 / 14 * 100)
+
+
+def _naive_confusion(pred: list[int], labels: list[int], c: int) -> list[list[int]]:
+    m = [[0] * c for _ in range(c)]
+    for p, y in zip(pred, labels):
+        m[y][p] += 1
+    return m
+
+
+@pytest.mark.parametrize("c", [1, 2, 7, 30])
+def test_sparse_confusion_round_trips_to_the_dense_matrix(c: int) -> None:
+    g = torch.Generator().manual_seed(c)
+    labels = torch.randint(0, c, (300,), generator=g)
+    pred = torch.where(torch.rand(300, generator=g) < 0.6, labels, torch.randint(0, c, (300,), generator=g))
+    dense = _naive_confusion(pred.tolist(), labels.tolist(), c)
+    sparse = sparse_confusion(pred, labels, c)
+    assert dense_confusion(sparse).tolist() == dense
+    assert sum(n for _, _, n in sparse["pairs"]) == 300
+    assert all(n > 0 for _, _, n in sparse["pairs"])
+    # through the file (JSON) and back, and the old dense form reads the same
+    back = json.loads(json.dumps(sparse))
+    assert dense_confusion(back).tolist() == dense
+    assert dense_confusion(dense).tolist() == dense
+    c_old, cells_old = confusion_cells(dense)
+    c_new, cells_new = confusion_cells(sparse)
+    assert c_old == c_new == c and cells_old.tolist() == cells_new.tolist()
+
+
+@pytest.mark.parametrize("bad", [{"format": "csr", "num_classes": 2, "pairs": []},
+                                 {"format": "coo", "num_classes": 2, "pairs": [[0, 2, 1]]},
+                                 [[1, 2, 3]]])
+def test_unreadable_confusion_is_one_error(bad: object) -> None:
+    with pytest.raises(BBNError, match="confusion"):
+        confusion_cells(bad)
+
+
+def test_final_json_at_inaturalist_2018_scale_stays_small(tmp_path: Path) -> None:
+    """8,142 classes (iNaturalist 2018), 20,000 test images with random predictions: the
+    results file (format 2, sparse confusion, compact per-class lists) stays under 2 MB."""
+    c, n = 8142, 20000
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(2, 1000, (c,), generator=g).tolist()
+    labels = torch.randint(0, c, (n,), generator=g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.5, labels, torch.randint(0, c, (n,), generator=g))
+    top5 = (pred == labels) | (torch.rand(n, generator=g) < 0.2)
+    final = prediction_metrics(pred, top5, labels, counts)
+    norms = torch.rand(c, generator=g).add(1.0).double().tolist()
+    final.update(best_top1=12.3456789, best_epoch=180, class_counts=counts,
+                 class_names=[f"Genus{i:05d} species{i:05d}" for i in range(c)], num_params=25_000_000,
+                 weight_norms={"BBN-CB": norms, "BBN-RB": norms, "BBN-ALL": norms})
+    path = tmp_path / "final.json"
+    write_results(path, final)
+    size = path.stat().st_size
+    assert size < 2 * 1024 * 1024, f"final.json is {size / 1e6:.1f} MB at {c} classes"
+    on_disk = json.loads(path.read_text())
+    assert on_disk["format"] == FORMAT == 2
+    pairs = on_disk["confusion"]["pairs"]
+    assert on_disk["confusion"]["num_classes"] == c and len(pairs) <= n
+    assert sum(k for _, _, k in pairs) == n
+    diag = np.zeros(c)
+    for t, p, k in pairs:
+        if t == p:
+            diag[t] += k
+    support = np.bincount(labels.numpy(), minlength=c)
+    per_class = [None if s == 0 else 100.0 * d / s for d, s in zip(diag, support)]
+    assert on_disk["per_class"] == pytest.approx(per_class)
+    assert on_disk["top1"] == pytest.approx(100.0 * float((pred == labels).double().mean()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from init_checks import check_init
 
 from bbn.errors import BBNError
 from bbn.models import MODELS, BilateralModel, create_model, num_params
@@ -247,3 +248,25 @@ def test_one_channel_input_for_digits(name: str) -> None:
     assert num_params(model) == expected
     with pytest.raises(RuntimeError):
         model(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet32", "bbn_resnet32", "resnet32_cosine"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_init_is_the_reference_one(name: str, in_channels: int) -> None:
+    """The reference's ResNet-32 init: Kaiming-normal (fan-in) on every backbone conv, BN 1/0,
+    and the classifier built after that init, so it keeps nn.Linear's default
+    U(+-1/sqrt(fan_in)) weight and bias (std 1/sqrt(3 * 128) = 0.051 for BBN), not Kaiming
+    (std 0.125). LDAM's cosine classifier keeps its own unit-norm rows."""
+    torch.manual_seed(0)
+    model = create_model(name, 100, in_channels=in_channels)
+    families = check_init(model, conv="kaiming_normal")
+    assert {f for n, f in families.items() if n.startswith("backbone.") and n.endswith("conv1.weight")} \
+        == {"kaiming_normal"}
+    want = {"resnet32_cosine": "unit_rows"}.get(name, "default_uniform")
+    assert families["classifier.weight"] == want
+    if name == "resnet32_cosine":
+        norms = torch.linalg.vector_norm(model.classifier.weight.detach(), dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    else:
+        fan_in = model.classifier.in_features
+        assert float(model.classifier.weight.detach().std()) == pytest.approx((3 * fan_in) ** -0.5, rel=0.05)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import torch
+from matplotlib.figure import Figure
 
 from bbn.errors import BBNError
-from bbn.report import write_report
+from bbn.report import most_confused, write_report
+from bbn.results import confusion_cells, sparse_confusion
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +141,101 @@ def test_weight_norms_and_branches(tmp_path: Path) -> None:
     assert re.search(r"\| BBN-CB alone[^\n]*\| 50\.00% \(70\.00% / n/a / 10\.00%\) \|", text)
     assert re.search(r"\| BBN-RB alone[^\n]*\| 40\.25% \(30\.00% / n/a / 45\.50%\) \|", text)
     assert "| BBN-CB | 1.0000 | 0.0000 |" in text and "| BBN-ALL | 5.0000 | 2.0000 |" in text
+
+
+def _sparse(dense: list[list[int]]) -> dict:
+    c = len(dense)
+    true, pred = np.nonzero(np.asarray(dense))
+    reps = np.asarray(dense)[true, pred]
+    return sparse_confusion(torch.from_numpy(np.repeat(pred, reps)), torch.from_numpy(np.repeat(true, reps)), c)
+
+
+@pytest.mark.parametrize("c", [10, 100])
+def test_confusion_plot_reads_the_old_dense_and_the_new_sparse_form(tmp_path: Path, c: int) -> None:
+    """final.json format 1 (dense `confusion` list) and format 2 (sparse `coo`) give the
+    same confusion.png and report.md."""
+    counts = COUNTS_10 if c == 10 else [5 + 5 * i for i in range(c)]
+    final = _final(counts, confusion=True)
+    out = {}
+    for form, confusion in (("dense", final["confusion"]), ("sparse", _sparse(final["confusion"]))):
+        (tmp_path / form).mkdir()
+        text = write_report(tmp_path / form, {**final, "confusion": confusion}, _history(3), CONFIG).read_text()
+        _assert_png(tmp_path / form / "confusion.png")
+        assert "confusion.png" in _links(text)
+        out[form] = (text, (tmp_path / form / "confusion.png").read_bytes())
+    assert out["dense"] == out["sparse"]
+    if c > 30:  # many classes: shot groups and the most confused pairs, not a 100 x 100 image
+        assert "most confused pairs" in out["sparse"][0]
+        assert "| true class | predicted class | test images |" in out["sparse"][0]
+
+
+def test_most_confused_pairs_of_a_sparse_confusion() -> None:
+    # true 0: 5 right, 3 -> 2, 1 -> 1; true 1: 4 -> 0; true 2: 3 -> 0
+    pred = [0] * 5 + [2] * 3 + [1] + [0] * 4 + [0] * 3
+    true = [0] * 9 + [1] * 4 + [2] * 3
+    c, cells = confusion_cells(sparse_confusion(torch.tensor(pred), torch.tensor(true), 3))
+    assert most_confused(cells, 3).tolist() == [[1, 0, 4], [0, 2, 3], [2, 0, 3]]
+
+
+def test_report_at_many_classes_from_a_sparse_confusion(tmp_path: Path) -> None:
+    """500 classes, 2,000 test images: the report reads the sparse confusion as is."""
+    c, n = 500, 2000
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, c, (n,), generator=g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.5, labels, torch.randint(0, c, (n,), generator=g))
+    labels[:30], pred[:30] = 12, 7  # 12 -> 7 heads the most confused pairs
+    counts = torch.randint(2, 400, (c,), generator=g).tolist()
+    final = {**_final(counts, confusion=False), "confusion": sparse_confusion(pred, labels, c)}
+    text = write_report(tmp_path, final, _history(3), CONFIG).read_text()
+    _assert_png(tmp_path / "confusion.png")
+    table = [ln for ln in text.splitlines() if re.match(r"\| cls_\d+ \| cls_\d+ \|", ln)]
+    assert len(table) == 10 and table[0].startswith("| cls_12 | cls_7 | 3")
+
+
+def _folder(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in root.iterdir()}
+
+
+@pytest.mark.parametrize("fail_at", [0, 3])  # a plot of report.py, the weight-norm plot of analysis.py
+def test_a_failed_plot_write_keeps_the_old_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               fail_at: int) -> None:
+    """A disk that fills while a PNG is written (savefig writes part of it, then fails):
+    every PNG and report.md is the old file, whole; no empty, partial or temporary file."""
+    final = _final(COUNTS_10, confusion=True)
+    final["weight_norms"] = {"all": [1.0 + i for i in range(10)]}
+    write_report(tmp_path, final, _history(), CONFIG)
+    before = _folder(tmp_path)
+    assert sorted(before) == ["confusion.png", "curves.png", "per_class.png", "report.md", "weight_norms.png"]
+    calls = []
+    real_savefig = Figure.savefig
+
+    def savefig(self: Figure, fname: object, *args: object, **kwargs: object) -> None:
+        calls.append(fname)
+        if len(calls) <= fail_at:
+            return real_savefig(self, fname, *args, **kwargs)
+        if isinstance(fname, (str, os.PathLike)):
+            with open(fname, "wb") as f:
+                f.write(PNG_SIGNATURE)
+        else:
+            fname.write(PNG_SIGNATURE)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(tmp_path, final, _history(), CONFIG)
+    assert len(calls) == fail_at + 1  # the fault point was reached
+    assert _folder(tmp_path) == before  # same names (no temporary file left), same bytes
+
+
+def test_a_failed_first_plot_write_leaves_no_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def savefig(self: Figure, fname: object, *args: object, **kwargs: object) -> None:
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(b"")
+        else:
+            fname.write(b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    with pytest.raises(OSError):
+        write_report(tmp_path, _final(COUNTS_10, confusion=False), _history(), CONFIG)
+    assert list(tmp_path.iterdir()) == []

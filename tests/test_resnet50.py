@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from init_checks import check_init
 
 from bbn.config import build_config
 from bbn.errors import BBNError
@@ -150,3 +151,14 @@ def test_training_config_reads_model_pretrained(tmp_path: Path, tv_file: Path) -
     with pytest.raises(BBNError, match="model.pretrained"):
         start_run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet50", "bbn_resnet50"])
+def test_init_is_pytorch_default_as_in_the_reference(name: str) -> None:
+    """The reference calls no init of its own on ResNet-50 (SPEC §3): every conv and the
+    classifier keep PyTorch's default U(+-1/sqrt(fan_in)), BN weight 1 and bias 0; not
+    torchvision's Kaiming-normal (fan-out) convs."""
+    torch.manual_seed(0)
+    families = check_init(create_model(name, 1000), conv="default_uniform")
+    assert families["backbone.conv1.weight"] == families["classifier.weight"] == "default_uniform"
+    assert families["backbone.layer4.0.bn3.weight"] == "ones"

@@ -10,10 +10,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bbn.errors import BBNError
+from bbn.figures import save_png
 from bbn.models.bilateral import BilateralModel
 
 _MAX_MARKERS = 50
@@ -72,7 +72,6 @@ def plot_weight_norms(path: str | Path, runs: Sequence[RunNorms]) -> Path:
     path = Path(path)
     n_max = max(len(r.class_counts) for r in runs)
     fig = Figure(figsize=(max(7.0, min(14.0, 0.3 * n_max)), 4.5))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for run in runs:
         order = head_to_tail(run.class_counts)
@@ -89,10 +88,7 @@ def plot_weight_norms(path: str | Path, runs: Sequence[RunNorms]) -> Path:
     ax.set_title("Classifier weight norms per class (head → tail)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    fig.clear()
-    return path
+    return save_png(fig, path)
 
 
 def weight_norm_table(runs: Sequence[RunNorms]) -> str:

@@ -19,7 +19,8 @@ from bbn.errors import BBNError
 from bbn.metrics import classification_metrics
 from bbn.models import BilateralModel, create_model, num_params
 from bbn.models.bilateral import BRANCH_KEYS, BRANCH_LABELS
-from bbn.runs import RunDir, write_json
+from bbn.results import write_results
+from bbn.runs import RunDir
 from bbn.speed import autocast, autocast_dtype, memory_format
 
 
@@ -161,5 +162,5 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
     result.update(checkpoint=str(loaded.checkpoint), epoch=loaded.payload.get("epoch"),
                   branch=name or "all", class_counts=data.class_counts,
                   class_names=data.train.class_names, num_params=num_params(model))
-    write_json(loaded.run_root / ("eval.json" if name is None else f"eval_{branch}.json"), result)
+    write_results(loaded.run_root / ("eval.json" if name is None else f"eval_{branch}.json"), result)
     return result

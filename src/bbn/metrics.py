@@ -1,4 +1,4 @@
-"""Evaluation metrics: top-1, top-5, per-class accuracy, shot groups, confusion matrix."""
+"""Evaluation metrics: top-1, top-5, per-class accuracy, shot groups, sparse confusion."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from bbn.data.longtail import SHOT_GROUPS, shot_groups
+from bbn.results import sparse_confusion
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -16,27 +17,30 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
-def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """C x C counts, rows = true class, columns = predicted class."""
-    flat = labels.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
                            train_counts: list[int]) -> dict[str, Any]:
-    """Accuracies in percent. Shot-group accuracy is the mean of its classes' accuracies
-    (null when the group has no class, or none of its classes is in the test set)."""
+    """`prediction_metrics` of the logits' top-1 and top-5 predictions."""
     logits, labels = logits.float().cpu(), labels.cpu()
+    return prediction_metrics(logits.argmax(dim=1), topk_correct(logits, labels, 5), labels, train_counts)
+
+
+def prediction_metrics(pred: torch.Tensor, top5_hit: torch.Tensor, labels: torch.Tensor,
+                       train_counts: list[int]) -> dict[str, Any]:
+    """Accuracies in percent from the predicted classes and the top-5 hits. Shot-group
+    accuracy is the mean of its classes' accuracies (null when the group has no class, or
+    none of its classes is in the test set). Memory is O(N + C): `confusion` holds only the
+    nonzero cells (bbn.results.sparse_confusion), never the C x C matrix."""
     num_classes = len(train_counts)
-    pred = logits.argmax(dim=1)
-    conf = confusion_matrix(pred, labels, num_classes)
-    support = conf.sum(dim=1)
-    per_class = torch.where(support > 0, conf.diag().double() / support.clamp_min(1) * 100.0,
+    pred, labels = pred.long().cpu(), labels.long().cpu()
+    hit = pred == labels
+    support = torch.bincount(labels, minlength=num_classes)
+    correct = torch.bincount(labels[hit], minlength=num_classes)
+    per_class = torch.where(support > 0, correct.double() / support.clamp_min(1) * 100.0,
                             torch.full((num_classes,), float("nan"), dtype=torch.float64))
     groups = shot_groups(train_counts)
     out: dict[str, Any] = {
-        "top1": float((pred == labels).double().mean() * 100.0),
-        "top5": float(topk_correct(logits, labels, 5).double().mean() * 100.0),
+        "top1": float(hit.double().mean() * 100.0),
+        "top5": float(top5_hit.cpu().double().mean() * 100.0),
     }
     out["error"] = 100.0 - out["top1"]
     for g in SHOT_GROUPS:
@@ -44,7 +48,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
         vals = vals[~vals.isnan()]
         out[g] = float(vals.mean()) if len(vals) else None
     out["per_class"] = [None if v != v else float(v) for v in per_class.tolist()]
-    out["confusion"] = conf.tolist()
+    out["confusion"] = sparse_confusion(pred, labels, num_classes)
     return out
 
 

@@ -1,4 +1,7 @@
-"""End-of-run report: `report.md` plus per-class, training-curve and confusion PNGs."""
+"""End-of-run report: `report.md` plus per-class, training-curve and confusion PNGs.
+
+Every file is written atomically (a temporary file renamed over it), so a failed write
+(a full disk) keeps the old file rather than leaving an empty or partial one."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
@@ -14,7 +16,9 @@ from matplotlib.ticker import MaxNLocator
 from bbn.analysis import RunNorms, plot_weight_norms, weight_norm_table
 from bbn.data.longtail import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
 from bbn.errors import BBNError
+from bbn.figures import save_png, write_text_file
 from bbn.metrics import percent
+from bbn.results import confusion_cells, dense_confusion
 
 _GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
 _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 1} imgs",
@@ -22,6 +26,7 @@ _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 
 _BRANCH_LOGITS = {"BBN-CB": "W_c f_c + b", "BBN-RB": "W_r f_r + b"}
 _MAX_TICKS = 30
 _TABLE_EDGE = 10
+_TOP_PAIRS = 20
 
 
 def _duration(seconds: float) -> str:
@@ -37,14 +42,6 @@ def _duration(seconds: float) -> str:
 def _cell(text: Any) -> str:
     """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """Render a standalone Agg figure to PNG and drop it."""
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    fig.clear()
 
 
 def _plot_per_class(path: Path, acc: np.ndarray, counts: np.ndarray,
@@ -92,7 +89,7 @@ def _plot_per_class(path: Path, acc: np.ndarray, counts: np.ndarray,
         ax2.set_ylim(sizes.min() / 1.5, sizes.max() * 4)
     else:
         ax2.set_ylim(0, sizes.max() * 1.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plot_curves(path: Path, history: list[dict]) -> None:
@@ -136,11 +133,11 @@ def _plot_curves(path: Path, history: list[dict]) -> None:
     ax_last.xaxis.set_major_locator(MaxNLocator(integer=True))
     for a in (ax_loss, ax_acc, ax_last):
         a.grid(alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plot_confusion(path: Path, confusion: np.ndarray, names: list[str] | None) -> None:
-    """Row-normalised confusion matrix (rows = true class) with a colorbar."""
+    """Row-normalised confusion matrix (rows = true class) with a colorbar (up to 30 classes)."""
     c = confusion.shape[0]
     totals = confusion.sum(axis=1, keepdims=True)
     norm = np.divide(confusion, totals, out=np.zeros_like(confusion, dtype=float), where=totals > 0)
@@ -149,16 +146,77 @@ def _plot_confusion(path: Path, confusion: np.ndarray, names: list[str] | None) 
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    if c <= _MAX_TICKS:
-        labels = names if names else [str(i) for i in range(c)]
-        ax.set_xticks(range(c))
-        ax.set_yticks(range(c))
-        ax.set_xticklabels(labels, rotation=90, fontsize=7)
-        ax.set_yticklabels(labels, fontsize=7)
+    labels = names if names else [str(i) for i in range(c)]
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_yticklabels(labels, fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (row-normalised)")
-    _save(fig, path)
+    save_png(fig, path)
+
+
+def most_confused(cells: np.ndarray, k: int) -> np.ndarray:
+    """The k off-diagonal [true, pred, count] cells with the most test images (ties: by
+    true class, then predicted class)."""
+    off = cells[cells[:, 0] != cells[:, 1]]
+    return off[np.lexsort((off[:, 1], off[:, 0], -off[:, 2]))][:k]
+
+
+def _confused_rows(cells: np.ndarray, names: list[str] | None) -> list[str]:
+    """Markdown table of the most confused pairs (the plot's top 10)."""
+    support = np.bincount(cells[:, 0], weights=cells[:, 2])
+    lines = ["| true class | predicted class | test images | of the true class |", "|---|---|---:|---:|"]
+    for t, p, n in most_confused(cells, _TABLE_EDGE):
+        lines.append(f"| {_cell(names[t]) if names else t} | {_cell(names[p]) if names else p} | {n} | "
+                     f"{100.0 * n / support[t]:.1f}% |")
+    return lines + [""]
+
+
+def _plot_confusion_summary(path: Path, cells: np.ndarray, counts: np.ndarray,
+                            names: list[str] | None) -> None:
+    """Many classes: the confusion between shot groups (row-normalised 3 x 3) and the most
+    confused (true -> predicted) class pairs, from the nonzero cells alone."""
+    group_of = np.array([SHOT_GROUPS.index(shot_group(int(k))) for k in counts])
+    g = len(SHOT_GROUPS)
+    groups = np.zeros((g, g))
+    np.add.at(groups, (group_of[cells[:, 0]], group_of[cells[:, 1]]), cells[:, 2])
+    totals = groups.sum(axis=1, keepdims=True)
+    groups = np.divide(groups, totals, out=np.zeros_like(groups), where=totals > 0)
+    support = np.bincount(cells[:, 0], weights=cells[:, 2], minlength=len(counts))
+    top, off = most_confused(cells, _TOP_PAIRS), int((cells[:, 0] != cells[:, 1]).sum())
+
+    fig = Figure(figsize=(14, 6))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(groups, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(g):
+        for j in range(g):
+            ax.text(j, i, "n/a" if totals[i, 0] == 0 else f"{groups[i, j]:.2f}", ha="center", va="center",
+                    color="white" if groups[i, j] > 0.5 else "black")
+    ax.set_xticks(range(g))
+    ax.set_yticks(range(g))
+    ax.set_xticklabels(SHOT_GROUPS)
+    ax.set_yticklabels(SHOT_GROUPS)
+    ax.set_xlabel("predicted class's group")
+    ax.set_ylabel("true class's group")
+    ax.set_title("Confusion between shot groups (row-normalised)")
+
+    ax = fig.add_subplot(1, 2, 2)
+    def name(i: int) -> str:
+        return (names[i] if names else str(i))[:24]
+    y = np.arange(len(top))
+    ax.barh(y, top[:, 2], color="#4c72b0")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{name(int(t))} → {name(int(p))}" for t, p, _ in top], fontsize=7)
+    ax.invert_yaxis()
+    for k, (t, _, n) in enumerate(top):
+        ax.text(n, k, f" {n} ({100.0 * n / support[t]:.0f}% of class)", va="center", fontsize=7)
+    ax.set_xlim(0, (top[:, 2].max() if len(top) else 1) * 1.35)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("test images (true → predicted)")
+    ax.set_title(f"Most confused class pairs (top {len(top)} of {off})")
+    save_png(fig, path)
 
 
 def _class_rows(order: np.ndarray, acc: np.ndarray, counts: np.ndarray,
@@ -190,16 +248,24 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
     n_in = {g: sum(shot_group(int(k)) == g for k in counts) for g in SHOT_GROUPS}
 
     images: list[tuple[str, str]] = []
+    notes: dict[str, list[str]] = {}
     _plot_per_class(run_dir / "per_class.png", acc, counts, order, names)
     images.append(("Per-class accuracy vs class size", "per_class.png"))
     if history:
         _plot_curves(run_dir / "curves.png", history)
         images.append(("Training curves", "curves.png"))
-    if final.get("confusion") is not None:
-        confusion = np.asarray(final["confusion"], dtype=float)
-        _plot_confusion(run_dir / "confusion.png", confusion, names)
-        images.append(("Confusion matrix", "confusion.png"))
-    notes: dict[str, list[str]] = {}
+    if final.get("confusion") is not None:  # format 2 (sparse) or format 1 (dense list)
+        c, cells = confusion_cells(final["confusion"])
+        if c != len(counts):
+            raise BBNError(f"report: the confusion has {c} classes, class_counts {len(counts)}; "
+                           "give the final.json that bbn train wrote")
+        if c <= _MAX_TICKS:
+            _plot_confusion(run_dir / "confusion.png", dense_confusion(final["confusion"]), names)
+            images.append(("Confusion matrix", "confusion.png"))
+        else:
+            _plot_confusion_summary(run_dir / "confusion.png", cells, counts, names)
+            images.append(("Confusion: shot groups and most confused pairs", "confusion.png"))
+            notes["confusion.png"] = _confused_rows(cells, names)
     if final.get("weight_norms"):
         norms = [RunNorms("", final["weight_norms"], counts.tolist())]
         plot_weight_norms(run_dir / "weight_norms.png", norms)
@@ -250,5 +316,5 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
                   f"of {len(order)}; see per_class.png for all.", ""]
     lines += _class_rows(order, acc, counts, names) + [""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text_file(path, "\n".join(lines))
     return path

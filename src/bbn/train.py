@@ -36,7 +36,8 @@ from bbn.nonfinite import NonFiniteLoss, first_nonfinite, grads_finite
 from bbn.optim import build_optimizer, learning_rate, set_lr
 from bbn.report import write_report
 from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
-from bbn.runs import RunDir, write_json, write_metrics
+from bbn.results import write_results
+from bbn.runs import RunDir, write_metrics
 
 
 @dataclass
@@ -392,5 +393,5 @@ def finish(s: Session, run: RunDir) -> dict[str, Any]:
     fault_point("finish.evaluated")
     write_report(run.root, final, s.history, s.cfg.to_dict())
     fault_point("finish.report_written")
-    write_json(run.final, final)  # last: final.json marks a finished run
+    write_results(run.final, final)  # last: final.json marks a finished run
     return final

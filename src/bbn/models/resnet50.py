@@ -5,8 +5,9 @@ Bottlenecks [3, 4, 6, 3] (64, 128, 256, 512 planes, x4 expansion; the stride sit
 conv; `downsample.0/1` = 1x1 conv + BN where the shape changes). The BBN variant keeps 2
 shared blocks in layer4 and adds `cb_block` and `rb_block`, Bottlenecks 2048 -> 512 -> 2048.
 Parameter names (`backbone.layer4.0.conv2.weight`, `backbone.cb_block.bn3.bias`, ...) are
-the reference's, so its checkpoints load as they are. Initialisation follows torchvision's
-ResNet: Kaiming-normal (fan-out) convs, BN weight 1 and bias 0.
+the reference's, so its checkpoints load as they are. Initialisation is the reference's:
+PyTorch's default layer init everywhere (convs and the classifier kaiming_uniform(a=sqrt(5)),
+i.e. U(+-1/sqrt(fan_in)); BN weight 1 and bias 0), not torchvision's fan-out Kaiming.
 
 `init_from_torchvision` starts the trunk from a torchvision ResNet-50 state dict (ImageNet
 weights, say): every trunk weight by its torchvision name, and for the BBN variant both
@@ -61,12 +62,6 @@ class ResNet50Backbone(nn.Module):
         if branch_blocks:
             self.cb_block = Bottleneck(FEATURE_DIM, 512)
             self.rb_block = Bottleneck(FEATURE_DIM, 512)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """The shared feature map (B, 2048, H/32, W/32)."""

@@ -1,7 +1,10 @@
 """ResNet-32 for CIFAR and its BBN variant (SPEC §3).
 
 3x3 conv 3->16, BN, ReLU; three stages of 5 BasicBlocks (16, 32, 64 channels, strides
-1, 2, 2) with the "option A" shortcut; Kaiming-normal init of conv and linear weights.
+1, 2, 2) with the "option A" shortcut. Initialisation is the reference's: Kaiming-normal
+(fan-in) convolution weights in the backbone, BN weight 1 and bias 0, and a classifier built
+after the backbone's init, so it keeps nn.Linear's default (U(+-1/sqrt(fan_in)) weight and
+bias).
 The BBN variant keeps 4 shared blocks in stage 3 and adds `cb_block` and `rb_block`;
 the cosine variant (LDAM-DRW's network) swaps the linear classifier for `NormedLinear`.
 Module names follow the reference layout (`backbone.layer3.0.conv1.weight`, ...).
@@ -21,10 +24,11 @@ from bbn.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def kaiming_init(module: nn.Module) -> None:
-    """Kaiming-normal weights for every conv and linear layer (the reference's init)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+def kaiming_init(backbone: nn.Module) -> None:
+    """Kaiming-normal (fan-in) weights for every conv of a backbone (the reference's
+    backbone init). Classifiers are built after it and keep nn.Linear's default init."""
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight)
 
 
@@ -85,8 +89,8 @@ class ResNet32(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.backbone = CifarStem(in_channels, stage3_blocks=5)
+        kaiming_init(self.backbone)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-        kaiming_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """GAP feature vector f (B, 64)."""
@@ -167,6 +171,6 @@ def resnet32_cosine(num_classes: int, in_channels: int = 3) -> CosineResNet32:
 
 @MODELS.register("bbn_resnet32")
 def bbn_resnet32(num_classes: int, in_channels: int = 3) -> BilateralModel:
-    model = BilateralModel(BBNResNet32Backbone(in_channels), feature_dim=64, num_classes=num_classes)
-    kaiming_init(model)
-    return model
+    backbone = BBNResNet32Backbone(in_channels)
+    kaiming_init(backbone)
+    return BilateralModel(backbone, feature_dim=64, num_classes=num_classes)
