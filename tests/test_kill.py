@@ -112,8 +112,7 @@ def test_sigterm_exits_75_with_last_pt_but_lets_the_final_evaluation_finish(
     assert run.final.is_file() and differences(reference[0], run.root) == []
 
 
-def test_a_second_process_is_refused_while_the_first_holds_the_run(
-        server: ForkServer, reference: tuple[Path, Attempt], tmp_path: Path) -> None:
+def test_a_second_process_is_refused_while_the_first_holds_the_run(server: ForkServer, tmp_path: Path) -> None:
     run = RunDir(tmp_path / "locked")
     holder = server.start(train_args(TINY, run.root), tmp_path / "holder.log", {"BBN_FAULT": "train.step:1:stop"})
     try:
