@@ -417,3 +417,16 @@ def test_a_too_large_training_image_is_skipped_and_listed_without_decoding(folde
     assert y.tolist() == [1, int(data.train.labels[0])] and len(decoded) == 2  # the replacement and image 0
     split, path, reason = log.read_text().rstrip("\n").split("\t")
     assert (split, path) == ("train", data.train.paths[bad]) and "too large to decode" in reason
+
+
+def test_an_animated_image_gives_its_first_frame_and_never_every_frame(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision decodes all frames of an animated GIF (a (frames, 3, H, W) tensor, and as
+    many times the memory); the first frame is the image."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (12, 10), (40 * i, 0, 0)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    decoded = no_decoding_of(monkeypatch)  # records what torchvision decodes
+    image = read_image(str(tmp_path / "anim.gif"))
+    assert image.shape == (3, 10, 12) and int(image[0].max()) < 20 and decoded == []

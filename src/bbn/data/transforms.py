@@ -53,17 +53,16 @@ def _pillow_reason(exc: Exception, path: str) -> str:
     return f"not a readable image ({reason[:120]})"
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """(width, height) as the image file's header declares them, read by Pillow without
-    decoding a pixel. ImageReadError for a missing file, a file that is no image, or one
-    declaring more than MAX_IMAGE_PIXELS pixels."""
+def _probe(path: str) -> tuple[int, int, bool]:
+    """(width, height, animated) from the image file's header, read by Pillow without
+    decoding a pixel; ImageReadError as `image_size` says."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():  # an image above Pillow's own limit is refused below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                width, height = im.size
+                (width, height), animated = im.size, bool(getattr(im, "is_animated", False))
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Image.DecompressionBombError as exc:  # above twice Pillow's limit: refused while opening
@@ -74,16 +73,25 @@ def image_size(path: str) -> tuple[int, int]:
         raise ImageReadError(path, _pillow_reason(exc, path)) from None
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageReadError(path, f"too large to decode ({width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,})")
+    return width, height, animated
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) as the image file's header declares them, read by Pillow without
+    decoding a pixel. ImageReadError for a missing file, a file that is no image, or one
+    declaring more than MAX_IMAGE_PIXELS pixels."""
+    width, height, _ = _probe(path)
     return width, height
 
 
 def read_image(path: str) -> torch.Tensor:
     """The image at `path` as uint8 RGB (3, H, W). Its header is read first (`image_size`),
     so no decoder ever runs on an image too large to decode; then torchvision's decoder, and
-    Pillow for the formats it lacks (BMP, TIFF, ...). Raises ImageReadError for a missing,
-    broken or too large file."""
-    image_size(path)
-    if decode_image is not None:
+    Pillow for the formats it lacks (BMP, TIFF, ...) and for animations (their first frame:
+    torchvision would decode every frame). Raises ImageReadError for a missing, broken or
+    too large file."""
+    _, _, animated = _probe(path)
+    if decode_image is not None and not animated:
         try:
             with warnings.catch_warnings():  # torchvision 0.29 announces its decoders' deprecation
                 warnings.simplefilter("ignore", DeprecationWarning)
