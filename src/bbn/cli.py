@@ -49,12 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         close_world(world_from_env())  # under torchrun: leave the process group
 
 
-def _warning_log(pending: list[str]) -> Callable[[str], None]:
+def _warning_log(pending: list[str], skip: str = "\0") -> Callable[[str], None]:
     """The run's log: its first line (written once the config and the data are validated and
-    the run folder is made) is preceded by the config's warnings on stderr, so bad input
-    still gets its one error line alone."""
+    the run folder is made; lines starting with `skip` aside) is preceded by the config's
+    warnings on stderr, so bad input still gets its one error line alone."""
     def log(line: str) -> None:
-        while pending:
+        while pending and not line.startswith(skip):
             print(f"bbn: warning: {pending.pop(0)}", file=sys.stderr)
         print(line)
     return log
@@ -236,9 +236,10 @@ def cmd_study_two_stage(args: argparse.Namespace) -> int:
     from bbn.study import two_stage
 
     config, overrides = _split_args(args.items)
-    cfg = load_config(config, overrides)
+    pending: list[str] = []
+    cfg = load_config(config, overrides, warn=pending.append)
     study = two_stage(cfg, args.out, args.classifier_epochs, label=" ".join(args.items),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, log=_warning_log(pending, skip="stage 1 "))
     print((Path(args.out) / "two_stage.md").read_text().rstrip())
     print(f"written: {Path(args.out) / 'two_stage.md'}, two_stage.png, two_stage.json ({study['date']})")
     return 0

@@ -67,7 +67,7 @@ class ConfigLoader(yaml.SafeLoader):
         node = super().get_single_node()
         if node is not None and expanded_size(node) > MAX_VALUES:
             raise YAMLRefused(f"holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded",
-                              "a config needs a few dozen; write the values out without aliases")
+                              "a config holds a few dozen values; shorten it")
         return node
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
