@@ -126,7 +126,7 @@ def test_continue_run_starts_reuses_and_restarts_an_empty_folder(finished: tuple
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
     (empty / "config.yaml").write_text("name: whatever\n")
-    cfg = load_config(None, [*TINY, "train.epochs=1"])
+    cfg = load_config(None, [*TINY, "train.epochs=1", "train.milestones=[1]"])  # given milestones fit the run
     with pytest.raises(BBNError, match="was trained with "):
         continue_run(cfg, empty, progress=False, log=_quiet)
     assert (empty / "config.yaml").read_text() == "name: whatever\n"
