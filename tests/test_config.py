@@ -246,10 +246,10 @@ def test_unknown_preset_suggests_the_closest() -> None:
 @pytest.mark.parametrize("preset,override,parts", [
     ("digits_bbn", "data.root=folder", ("data.root is read by sources", "image_folder", "not by source 'digits'",
                                         "data.source=NAME")),
-    ("digits_bbn", "method.focal_gamma=2", ("method.focal_gamma is read by methods focal, cb_focal", "not by method 'bbn'",
+    ("digits_bbn", "method.focal_gamma=2", ("method.focal_gamma is read by methods cb_focal, focal", "not by method 'bbn'",
                                             "method.name=NAME")),
     ("digits_bbn", "data.strict=true", ("data.strict is read by sources", "not by source 'digits'")),
-    ("digits_ce", "model.pretrained=w.pt", ("model.pretrained is read by models resnet50, bbn_resnet50",
+    ("digits_ce", "model.pretrained=w.pt", ("model.pretrained is read by models bbn_resnet50, resnet50",
                                             "not by model 'resnet32'")),
     ("digits_ce", "method={name: ce, cb_beta: 0.5}", ("method.cb_beta is read by methods", "not by method 'ce'")),
     ("image_folder_bbn", "augment.crop_padding=2", ("augment.crop_padding is read by sources",
@@ -266,7 +266,7 @@ def test_a_key_is_read_once_the_run_chooses_its_reader(tmp_path: Path) -> None:
                        ).method.focal_gamma == 2
     assert load_config("digits_bbn", ["data.source=image_folder", "data.root=folder"]).data.root == "folder"
     (tmp_path / "mine.yaml").write_text("method:\n  name: ce\n  focal_gamma: 2\nmodel: {name: resnet32}\n")
-    with fails("method.focal_gamma is read by methods focal, cb_focal, not by method 'ce'"):
+    with fails("method.focal_gamma is read by methods cb_focal, focal, not by method 'ce'"):
         load_config(tmp_path / "mine.yaml")  # the user's own file: its keys are given
 
 

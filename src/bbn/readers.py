@@ -36,7 +36,8 @@ class Kind:
     chosen: str
 
     def readers(self, key: str) -> list[str]:
-        return [name for name in self.registry.names() if key in self.registry.reads(name)]
+        """The names that read `key`, sorted (registration order follows import order)."""
+        return sorted(name for name in self.registry.names() if key in self.registry.reads(name))
 
 
 def kinds(cfg: Config) -> list[Kind]:
