@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from bbn.config import Config, build_config
 from bbn.errors import BBNError
+from bbn.figures import save_png
 from bbn.methods import METHODS
 from bbn.runs import RunDir, write_json
 from bbn.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
@@ -152,5 +153,4 @@ def plot_two_stage(study: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"Two-stage study: {study['config']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path)
