@@ -53,9 +53,28 @@ def gen(seed: int = 0) -> torch.Generator:
 def test_every_registered_adaptor_has_a_hand_written_expectation() -> None:
     # a new adaptor without expected values here fails this test
     assert set(ADAPTORS.names()) == DETERMINISTIC | STOCHASTIC
-    assert set(ADAPTORS) == set(ADAPTORS.names())
-    for name in DETERMINISTIC | STOCHASTIC:
-        assert name in ADAPTORS
+
+
+def test_every_registered_adaptor_gives_its_hand_written_values() -> None:
+    """Each adaptor the registry hands out, called as (T, T_max, generator): the deterministic
+    ones at their hand-written points, the stochastic one drawing Beta(0.2, 0.2) from the
+    generator."""
+    for name in ADAPTORS:
+        adaptor = ADAPTORS.get(name)
+        if name in DETERMINISTIC:
+            got = [adaptor(epoch - 1, 200, gen()) for epoch in EPOCHS_200]
+            assert got == pytest.approx(HAND_200[name], abs=1e-12), name
+            continue
+        draws = [adaptor(0, 200, gen(3)) for _ in range(3)]
+        assert draws[0] == draws[1] == draws[2], name  # the same generator, the same alpha
+        g = gen(3)
+        many = torch.tensor([adaptor(0, 200, g) for _ in range(2000)], dtype=torch.float64)
+        assert bool(((many >= 0) & (many <= 1)).all()), name
+        assert float(many[0]) == draws[0], name
+        assert len({adaptor(0, 200, gen(seed)) for seed in range(20)}) == 20, name  # other seeds, other alphas
+        # Beta(0.2, 0.2): mean 0.5, std 0.42, so the mean of 2000 draws has std 0.0094;
+        # 0.05 is over 5 of them
+        assert abs(float(many.mean()) - 0.5) < 0.05, name
 
 
 @pytest.mark.parametrize("epochs, expected", [

@@ -45,18 +45,51 @@ def test_registry_names() -> None:
     assert set(MODELS.names()) >= {"resnet32", "bbn_resnet32"}
 
 
-def test_parameter_counts() -> None:
-    plain = create_model("resnet32", 10)
-    bbn = create_model("bbn_resnet32", 10)
-    assert num_params(plain) == 464_154
-    assert num_params(bbn) == 538_778
-    # the same numbers from the architecture, by hand
-    assert trunk_params(3, 5) + 64 * 10 + 10 == 464_154
-    assert trunk_params(3, 4) + 2 * block_params(64, 64) + 128 * 10 + 10 == 538_778
-    # other class counts follow the classifier only
-    assert num_params(create_model("resnet32", 100)) == trunk_params(3, 5) + 64 * 100 + 100
-    assert num_params(create_model("bbn_resnet32", 100)) == (
-        trunk_params(3, 4) + 2 * block_params(64, 64) + 128 * 100 + 100)
+def parts(model: nn.Module) -> dict[str, int]:
+    """Parameters of each part of a CIFAR ResNet-32 (plain, cosine or bilateral), counted
+    from the built model's own submodules."""
+    b = model.backbone
+    counts = {"stem": num_params(b.conv1) + num_params(b.bn1), "classifier": num_params(model.classifier)}
+    for stage in ("layer1", "layer2", "layer3"):
+        for i, block in enumerate(getattr(b, stage)):
+            counts[f"{stage}.{i}"] = num_params(block)
+    for extra in ("cb_block", "rb_block"):
+        if hasattr(b, extra):
+            counts[extra] = num_params(getattr(b, extra))
+    return counts
+
+
+def hand_parts(in_channels: int, stage3_blocks: int, classifier: int, bilateral: bool) -> dict[str, int]:
+    """The same parts by the architecture's formula (SPEC §3)."""
+    counts = {"stem": 9 * in_channels * 16 + 2 * 16, "classifier": classifier}
+    for stage, c_in, c_out in (("layer1", 16, 16), ("layer2", 16, 32), ("layer3", 32, 64)):
+        blocks = stage3_blocks if stage == "layer3" else 5
+        for i in range(blocks):
+            counts[f"{stage}.{i}"] = block_params(c_in if i == 0 else c_out, c_out)
+    if bilateral:
+        counts["cb_block"] = counts["rb_block"] = block_params(64, 64)
+    return counts
+
+
+@pytest.mark.parametrize("classes, in_channels", [(10, 3), (100, 3), (7, 1)])
+def test_parameter_counts(classes: int, in_channels: int) -> None:
+    plain = create_model("resnet32", classes, in_channels)
+    cosine = create_model("resnet32_cosine", classes, in_channels)
+    bbn = create_model("bbn_resnet32", classes, in_channels)
+    # every part of the built models, against the architecture by hand
+    assert parts(plain) == hand_parts(in_channels, 5, 64 * classes + classes, bilateral=False)
+    assert parts(cosine) == hand_parts(in_channels, 5, 64 * classes, bilateral=False)  # no bias
+    assert parts(bbn) == hand_parts(in_channels, 4, 128 * classes + classes, bilateral=True)
+    # ... and nothing outside those parts
+    for model in (plain, cosine, bbn):
+        assert sum(parts(model).values()) == num_params(model)
+    assert num_params(plain.backbone) == trunk_params(in_channels, 5)
+    assert num_params(bbn.backbone) == trunk_params(in_channels, 4) + 2 * block_params(64, 64)
+
+
+def test_parameter_counts_of_the_paper_networks() -> None:
+    assert num_params(create_model("resnet32", 10)) == 464_154
+    assert num_params(create_model("bbn_resnet32", 10)) == 538_778
 
 
 def test_output_shapes(bbn10: BilateralModel, x: torch.Tensor) -> None:
