@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 
 from bbn.config import (
-    PRESETS,
     Config,
     build_config,
     load_config,
     parse_override,
     preset_names,
+    read_config,
     read_yaml,
-    resolve_config_path,
     save_config,
     valid_keys,
 )
@@ -65,7 +64,7 @@ def test_no_config_gives_the_digits_preset() -> None:
     assert cfg.name == "digits_bbn"
     assert cfg.data.source == "digits"
     assert cfg.method.name == "bbn" and cfg.model.name == "bbn_resnet32"
-    assert resolve_config_path(None) == PRESETS / "digits_bbn.yaml"
+    assert read_config(None) == read_config("digits_bbn")
     assert cfg == load_config("digits_bbn")
 
 
@@ -73,7 +72,7 @@ def test_preset_list() -> None:
     names = preset_names()
     assert set(CIFAR_PRESETS) <= set(names)
     assert {"digits_bbn", "digits_ce"} <= set(names)
-    assert names == sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    assert names == sorted(names) and len(names) == len(set(names))
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -89,8 +88,8 @@ def test_every_preset_loads_and_names_registered_parts(name: str) -> None:
     needs = {"bbn": {"bbn_resnet32", "bbn_resnet50"}, "ldam_drw": {"resnet32_cosine"}}
     assert cfg.model.name in needs.get(cfg.method.name, {"resnet32"})
     assert max(cfg.train.milestones) <= cfg.train.epochs
-    # a preset path works the same as its name
-    assert load_config(PRESETS / f"{name}.yaml") == cfg
+    # a preset path under configs/ works the same as its name
+    assert load_config(f"configs/{name}.yaml") == cfg
 
 
 @pytest.mark.parametrize("name", CIFAR_PRESETS)
@@ -276,15 +275,16 @@ def test_a_preset_and_a_saved_config_are_not_given_keys(tmp_path: Path) -> None:
     cfg = load_config("digits_bbn", ["train.epochs=2"], warn=lambda message: None)
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml", warn=lambda message: None) == cfg
-    assert load_config(PRESETS / "digits_bbn.yaml") == load_config("configs/digits_bbn.yaml")
+    assert load_config("digits_bbn") == load_config("configs/digits_bbn.yaml")
 
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_sets_only_keys_its_run_reads(name: str) -> None:
     from bbn.readers import leaf_keys, unread_reason
 
-    tree = read_yaml(resolve_config_path(name))
+    tree, preset = read_config(name)
     cfg = build_config(tree)
+    assert preset
     assert [r for r in (unread_reason(cfg, key) for key in leaf_keys(tree)) if r] == []
 
 

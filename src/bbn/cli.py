@@ -1,9 +1,11 @@
-"""`bbn train | eval | data | reproduce | study | analyze | import-reference | predict | export`:
+"""`bbn train | eval | data | presets | config | reproduce | study | analyze | import-reference |
+predict | export`:
 wires config, data, trainer and evaluator together."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Any, Callable, Sequence
@@ -198,6 +200,24 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from bbn.presets import describe, preset_names
+
+    names = preset_names()
+    width = max(len(name) for name in names)
+    for name in names:
+        print(f"{name:<{width}}  {describe(name)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from bbn.config import dump_config, load_config
+
+    config, overrides = _split_args(args.items)
+    print(dump_config(load_config(config, overrides)), end="")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from bbn.reproduce import reproduce
 
@@ -303,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="convert-inat: the folder image paths start from (original -> converted: "
                                   "fpath = ROOT/file_name; back: file_name = fpath relative to ROOT)")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("presets", help="the shipped presets, one line each")
+    p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("config", help="print the resolved config of a preset or YAML file with overrides "
+                                      "(what the run's config.yaml would hold)")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]",
+                   help="a preset name or YAML file (default: the digits-LT BBN demo) and overrides")
+    p.set_defaults(func=cmd_config)
     p = sub.add_parser("reproduce", help="run presets over seeds (resumable) and tabulate them beside the paper")
     p.add_argument("items", nargs="+", metavar="CONFIG_GLOB [key=value]",
                    help="preset names or YAML paths (shell patterns, quoted), then overrides for every run")
@@ -353,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BBNError as err:
         print(f"bbn: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader of stdout left early (`bbn presets | head`): not an error of the input
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + 13  # as if killed by SIGPIPE, like other command-line tools
     except OSError as err:  # the environment, wherever it surfaces: a full disk, a read-only folder
         where = f" '{err.filename}'" if err.filename else ""
         print(f"bbn: error: cannot access{where} ({err.strerror or err}); check the path, its permissions "

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from bbn.config_yaml import MAX_CONFIG_BYTES, YAMLRefused, load_yaml
 from bbn.devices import check_device_name
 from bbn.errors import BBNError, quote
+from bbn.presets import preset_names, preset_tree
 from bbn.readers import check_read, leaf_keys, override_keys
 from bbn.registry import closest
 
@@ -307,34 +308,21 @@ def build_config(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = 
         raise BBNError(_format_error(err)) from None
 
 
-PRESETS = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "digits_bbn"
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
-
-
-def resolve_config_path(name: str | Path | None) -> Path:
-    """A YAML path, or the name of a shipped preset (`cifar10_ir100_bbn`); None = the
-    digits-LT BBN demo."""
-    if name is None:
-        return PRESETS / f"{DEFAULT_PRESET}.yaml"
-    path = Path(name)
+def read_config(name: str | Path | None) -> tuple[dict[str, Any], bool]:
+    """The config tree of a YAML file or of a shipped preset, and whether it is a preset. A
+    preset is named (`cifar10_ir100_bbn`), also as a path under a configs/ folder
+    (`configs/digits_bbn.yaml`) where no such file exists; None = the digits-LT demo."""
+    path = Path(DEFAULT_PRESET if name is None else name)
     if path.is_file():
-        return path
-    preset = PRESETS / f"{path.stem}.yaml"
-    if path.parent == Path(".") or path.parent.name == "configs":
-        if preset.is_file():
-            return preset
+        return read_yaml(path), False
+    if (path.parent == Path(".") or path.parent.name == "configs") and path.stem in preset_names():
+        return preset_tree(path.stem), True
     hint = closest(quote(path.stem, 100), preset_names())
     fix = f"; did you mean preset '{hint}'?" if hint else f"; presets: {', '.join(preset_names())}"
     raise BBNError(f"config file '{quote(str(name), 200)}' not found{fix}")
-
-
-def is_preset(path: Path) -> bool:
-    """Whether `path` is a shipped preset (also through the repository's configs/ link)."""
-    return path.resolve().parent == PRESETS.resolve()
 
 
 def is_resolved(tree: dict[str, Any]) -> bool:
@@ -343,11 +331,11 @@ def is_resolved(tree: dict[str, Any]) -> bool:
     return set(leaf_keys(tree)) >= set(valid_keys()) - sections
 
 
-def given_keys(tree: dict[str, Any], path: Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
+def given_keys(tree: dict[str, Any], preset: bool, overrides: list[str] | tuple[str, ...]) -> list[str]:
     """The keys the user gave: every override's, and every key of their own YAML file. A
     preset's keys and those of a resolved config (a run's config.yaml, re-run as is) are
     the base the user starts from, not given."""
-    keys = [] if is_preset(path) or is_resolved(tree) else leaf_keys(tree)
+    keys = [] if preset or is_resolved(tree) else leaf_keys(tree)
     for text in overrides:
         keys += override_keys(*parse_override(text))
     return list(dict.fromkeys(keys))
@@ -362,10 +350,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """The config at `path` (a file or preset name; None = the digits-LT demo) with overrides,
     validated once with all of them: every key the user gave must be read by the run, and
     the schedule must fit it (`check_schedule`; `warn` gets its warnings)."""
-    source = resolve_config_path(path)
-    tree = read_yaml(source)
+    tree, preset = read_config(path)
     cfg = build_config(tree, overrides)
-    given = given_keys(tree, source, overrides)
+    given = given_keys(tree, preset, overrides)
     check_read(cfg, given)
     check_schedule(cfg, given, warn)
     return cfg
@@ -395,5 +382,10 @@ def check_schedule(cfg: Config, given: list[str], warn: Callable[[str], None] = 
              f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'}")
 
 
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML: every key, what a run's config.yaml holds."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))

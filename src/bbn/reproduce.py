@@ -15,7 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bbn.config import Config, build_config, load_config, parse_override, preset_names, read_yaml, resolve_config_path
+from bbn.config import Config, build_config, load_config, parse_override, preset_names, read_config
 from bbn.errors import BBNError, quote
 from bbn.paper import METHOD_LABELS, method_label, paper_error
 from bbn.readers import override_keys, unread_reason
@@ -70,7 +70,7 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, ...]]:
 def read_overrides(config: str, variant: tuple[str, ...], overrides: Sequence[str]) -> dict[str, str | None]:
     """Each override -> None when the run of `config` (with `variant`) reads every key it
     sets, else why not (the first key it does not read)."""
-    cfg = build_config(read_yaml(resolve_config_path(config)), [*overrides, *variant])
+    cfg = build_config(read_config(config)[0], [*overrides, *variant])
     return {text: next(filter(None, (unread_reason(cfg, key) for key in override_keys(*parse_override(text)))), None)
             for text in overrides}
 
