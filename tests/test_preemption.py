@@ -123,6 +123,16 @@ def test_a_signal_before_training_stops_it_as_it_starts(reference: Path, tmp_pat
 
 
 def test_a_second_signal_acts_at_once() -> None:
+    # from Python's own SIGINT handler, whatever the test process inherited (a job started in
+    # the background of a shell without job control inherits SIGINT ignored)
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _second_signal_acts_at_once()
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _second_signal_acts_at_once() -> None:
     previous = signal.getsignal(signal.SIGINT)
     with preemption.stop_requests():
         assert preemption.requested() is None
