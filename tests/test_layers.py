@@ -1,5 +1,6 @@
-"""The layer contract of pyproject.toml ([tool.importlinter]): the real package keeps it, and
-a planted forbidden import (a lower floor importing a higher one) is refused by name."""
+"""The layer contracts of pyproject.toml ([tool.importlinter]): the real package keeps them,
+and a planted forbidden import (a lower floor importing a higher one, a method importing
+data, the engine importing BBN's model, a cycle in data/) is refused by name."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def test_the_package_keeps_its_layers() -> None:
      "bbn.methods.cumulative -> bbn.data.samplers"),
     ("engine/evaluate.py", "from bbn.models.bilateral import BilateralModel",
      "bbn.engine.evaluate -> bbn.models.bilateral"),
+    # the old cycle of data/: sources.py importing the sources that import it back
+    ("data/sources.py", "from bbn.data import arrays", ".sources -> .arrays"),
 ])
 def test_a_planted_forbidden_import_is_refused(tmp_path: Path, module: str, planted: str, named: str) -> None:
     root = copy_of_package(tmp_path)
