@@ -65,13 +65,13 @@ def _on_rank0(world: World, make: Callable[[], RunDir], other: RunDir) -> RunDir
 def _fit_fresh(session: Session, run: RunDir, progress: bool, log, said: str) -> dict[str, Any]:
     """Train a locked run folder holding config.yaml and no last.pt from the start."""
     if not session.world.is_main:
-        return fit(session, run, progress, log, report_run)
+        return fit(session, run, progress, log, on_finish=report_run)
     log(f"{said}{run.root}  ({len(session.data.train)} training images, "
         f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
         f"device {session.device})")
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
-        return fit(session, run, progress, log, report_run)
+        return fit(session, run, progress, log, on_finish=report_run)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -123,7 +123,7 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
         where = position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
         log(f"resuming {run.root} {where}")
         with stopped_run(run, fresh=False):
-            return run, fit(session, run, progress, log, report_run)
+            return run, fit(session, run, progress, log, on_finish=report_run)
     finally:
         run.lock.release()
 
