@@ -1,4 +1,5 @@
-# `make demo`: set up .venv and train BBN on digits-LT.  `make test`: set up and run the tests.
+# `make demo`: set up .venv and train BBN on digits-LT.  `make test`: set up, check the layer
+# contract (pyproject.toml [tool.importlinter]) and run the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,7 @@ demo: install
 	$(BIN)/bbn train configs/digits_bbn.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install-dev
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -35,8 +35,8 @@ def step_flops(batch: int = 128) -> int:
     x_c, x_r = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     with FlopCounterMode(display=False) as counter:
-        f_c = model.features(x_c, "conventional")
-        f_r = model.features(x_r, "rebalancing")
+        f_c = model.features(x_c, "cb")
+        f_r = model.features(x_r, "rb")
         logits = model.logits(f_c, f_r, 0.5)
         F.cross_entropy(logits, y).backward()
     return counter.get_total_flops()
@@ -61,19 +61,28 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run that only checks the script works (small batches and matmuls); "
+                             "exits 1 when a variant fails")
     args = parser.parse_args()
-    flops_per_image = step_flops() / 256
-    before = matmul_peak_gflops()
-    rows = {name: measure(name, args.steps, args.warmup, "cpu", None) for name in ("reference", "ours")}
-    peak = max(before, matmul_peak_gflops())  # measured before and after the variants
+    if args.smoke and args.append:
+        parser.error("--smoke figures mean nothing; drop --append")
+    sizes, repeats = ((64,), 1) if args.smoke else ((512, 1024, 2048), 10)
+    flops_per_image = step_flops(8 if args.smoke else 128) / (16 if args.smoke else 256)
+    before = matmul_peak_gflops(sizes, repeats)
+    rows = {name: measure(name, args.steps, args.warmup, "cpu", None, args.smoke) for name in ("reference", "ours")}
+    if any("error" in r for r in rows.values()):
+        print("\n".join(f"{name} failed: {r['error']}" for name, r in rows.items() if "error" in r))
+        return 1
+    peak = max(before, matmul_peak_gflops(sizes, repeats))  # measured before and after the variants
     ceiling = peak * 1e9 / flops_per_image
-    reference = 256 / rows["reference"]["step_s"]
+    reference = rows["reference"]["images_per_step"] / rows["reference"]["step_s"]
     lines = [f"FLOPs per training image (forward + backward, both branches counted): "
              f"{flops_per_image / 1e6:,.0f} M; fp32 matmul peak: {peak:,.0f} GFLOP/s; "
              f"ceiling: {ceiling:,.0f} img/s = {ceiling / reference:.2f}x the reference.", "",
              "| | train img/s | GFLOP/s | of the ceiling | vs reference |", "|---|---|---|---|---|"]
     for name, r in rows.items():
-        rate = 256 / r["step_s"]
+        rate = r["images_per_step"] / r["step_s"]
         lines.append(f"| {name} | {rate:,.0f} | {rate * flops_per_image / 1e9:,.0f} | "
                      f"{rate / ceiling:.0%} | {rate / reference:.2f}x |")
     lines.append(f"| ceiling (matmul peak) | {ceiling:,.0f} | {peak:,.0f} | 100% | {ceiling / reference:.2f}x |")

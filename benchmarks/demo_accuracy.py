@@ -18,12 +18,15 @@ from pathlib import Path
 
 
 from bbn.config import load_config
-from bbn.reproduce import mean_std
-from bbn.runner import start_run
+from bbn.tools.reproduce import mean_std
+from bbn.tools.runner import start_run
 from throughput import append_results
 
 PRESETS = ("digits_bbn", "digits_ce")
 COLUMNS = ("top1", "many", "medium", "few")
+# --smoke: one short epoch on a few images, only to show the script works.
+SMOKE = ["train.epochs=1", "train.warmup_epochs=0", "train.milestones=[]", "data.n_max=20",
+         "data.test_per_class=5", "train.threads=1"]
 
 
 def main() -> int:
@@ -31,13 +34,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="runs/demo-accuracy", help="parent folder of the runs")
     parser.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one epoch on a few images: only checks the script works")
     args = parser.parse_args()
+    if args.smoke and args.append:
+        parser.error("--smoke figures mean nothing; drop --append")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for preset in PRESETS:
         finals, seconds = [], []
         for seed in range(args.seeds):
-            cfg = load_config(preset, [f"seed={seed}", "train.tensorboard=false"])
+            cfg = load_config(preset, [f"seed={seed}", "train.tensorboard=false", *(SMOKE if args.smoke else [])])
             start = time.perf_counter()
             _, final = start_run(cfg, Path(args.out) / f"{preset}-s{seed}-{stamp}", progress=False,
                                  log=lambda line: None)

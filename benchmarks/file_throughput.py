@@ -33,7 +33,7 @@ from throughput import append_results  # noqa: E402
 from bbn.config import build_config  # noqa: E402
 from bbn.data.files import FileImages  # noqa: E402
 from bbn.data.prepare import prepare_data  # noqa: E402
-from bbn.evaluate import resolve_device  # noqa: E402
+from bbn.devices import resolve_device  # noqa: E402
 
 CLASSES = 8
 

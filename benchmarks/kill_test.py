@@ -11,7 +11,7 @@ starts to its exit, the final evaluation and report included). `--kills` SIGKILL
 by the share of epochs still to train (at least 10 %) and k the signals still to send: the
 moments spread over the whole run, evaluation, checkpoint writing and report included. After
 each, the run folder must hold a last.pt that passes its checksum and a metrics.jsonl that
-agrees with it; each attempt records the fault points (bbn.faults) it passed, and the table
+agrees with it; each attempt records the fault points (bbn.engine.faults) it passed, and the table
 line of an attempt names the last one, i.e. where the signal landed. Then the run is left to finish, and its last.pt weights and optimiser state,
 metrics.jsonl and final.json (timings excluded) are compared with the uninterrupted run's.
 Prints a table; --append adds it to benchmarks/RESULTS.md.
@@ -34,13 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kill_harness import FreshProcesses, Launcher, check_consistent, differences, train_args  # noqa: E402
 
-from bbn.checkpoint import load_checkpoint  # noqa: E402
-from bbn.runs import RunDir  # noqa: E402
+from bbn.engine.checkpoint import load_checkpoint  # noqa: E402
+from bbn.engine.runs import RunDir  # noqa: E402
 
 EPOCHS = 20
 CONFIG = ["digits_bbn", f"train.epochs={EPOCHS}", "train.warmup_epochs=2", "train.milestones=[14,18]",
           "train.tensorboard=false", "train.threads=1", "train.device=cpu", "data.n_max=60",
           "data.test_max_per_class=20", "train.log_every=2"]
+# --smoke: 3 short epochs on a few images, only to show the script works (later keys win).
+SMOKE_EPOCHS = 3
+SMOKE = [f"train.epochs={SMOKE_EPOCHS}", "train.warmup_epochs=1", "train.milestones=[2]", "data.n_max=20",
+         "data.test_max_per_class=5"]
 
 
 # Lines `bbn train` prints once training is about to begin (or the run is already finished).
@@ -109,7 +113,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the moments (default: random, printed)")
     parser.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temp folder)")
     parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_EPOCHS} epochs on a few images: only "
+                        "checks the script works (with e.g. --kills 1 --terms 0)")
     args = parser.parse_args()
+    if args.smoke and args.append:
+        parser.error("--smoke figures mean nothing; drop --append")
+    config, epochs = ([*CONFIG, *SMOKE], SMOKE_EPOCHS) if args.smoke else (CONFIG, EPOCHS)
     seed = random.randrange(2**32) if args.seed is None else args.seed
     rng = random.Random(seed)
     root = args.out or Path(tempfile.mkdtemp(prefix="bbn-kill-test-"))
@@ -117,7 +126,7 @@ def main() -> int:
     launcher = FreshProcesses()
     started = time.monotonic()
     try:
-        reference = run_once(launcher, train_args(CONFIG, root / "uninterrupted"), root / "uninterrupted.log")
+        reference = run_once(launcher, train_args(config, root / "uninterrupted"), root / "uninterrupted.log")
         if reference.returncode != 0:
             print(reference.output, file=sys.stderr)
             return 1
@@ -125,10 +134,10 @@ def main() -> int:
         signals = [signal.SIGKILL] * args.kills + [signal.SIGTERM] * args.terms
         rng.shuffle(signals)
         run = RunDir(root / "interrupted")
-        command = train_args(CONFIG, run.root)
+        command = train_args(config, run.root)
         attempts, damaged = [], 0
         for i, signum in enumerate(signals):
-            remaining = window * max(1 - _epochs_done(run) / EPOCHS, 0.1)
+            remaining = window * max(1 - _epochs_done(run) / epochs, 0.1)
             delay = rng.uniform(0, 2 * remaining / (len(signals) - i + 1))
             attempt = run_once(launcher, command, root / f"attempt{i:02d}.log", signum, delay)
             attempts.append(attempt)

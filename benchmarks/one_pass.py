@@ -1,6 +1,6 @@
 """Is one trunk pass over both branches' batches faster than the reference's two passes?
 
-    python benchmarks/one_pass.py [--steps 6] [--repeats 2]
+    python benchmarks/one_pass.py [--steps 6] [--repeats 2] [--batch 128]
 
 Forward + backward of BBN ResNet-32 (channels_last, fp32) on 128 + 128 images: `two` runs
 the shared trunk twice (the reference, BatchNorm per batch), `one` runs it once on the 256
@@ -26,8 +26,8 @@ def step_seconds(model: torch.nn.Module, x: torch.Tensor, one_pass: bool, steps:
             f_c = model.backbone.cb_block(shared[:half]).mean((2, 3))
             f_r = model.backbone.rb_block(shared[half:]).mean((2, 3))
         else:
-            f_c = model.features(x[:half], "conventional")
-            f_r = model.features(x[half:], "rebalancing")
+            f_c = model.features(x[:half], "cb")
+            f_r = model.features(x[half:], "rb")
         (f_c.sum() + f_r.sum()).backward()
     return (time.perf_counter() - start) / steps
 
@@ -36,9 +36,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128, help="images per branch")
     args = parser.parse_args()
     model = create_model("bbn_resnet32", 10, 3).to(memory_format=torch.channels_last)
-    x = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2 * args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     step_seconds(model, x, True, 1), step_seconds(model, x, False, 1)  # warm-up
     print("| repeat | two passes s/step | one pass s/step |\n|---|---|---|")
     for r in range(args.repeats):

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from throughput import synthetic_session
 
 from bbn.config import load_config
-from bbn.train import train_epoch
+from bbn.engine.train import train_epoch
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bbn.evaluate import resolve_device
+from bbn.devices import resolve_device
 from bbn.models import create_model
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        f_c, f_r = model.features(x, "conventional"), model.features(x, "rebalancing")
+        f_c, f_r = model.features(x, "cb"), model.features(x, "rb")
         model.logits(f_c, f_r, 0.5).sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -15,7 +15,7 @@ into a PIL image, draws its reversed sample inside `__getitem__` with Python's `
 applies torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor +
 Normalize per sample in 2 DataLoader workers; two fp32 passes per step, and the shown
 accuracy brought to the host every step. The other variants are this package's trainer
-(`bbn.train.train_epoch`) with config overrides.
+(`bbn.engine.train.train_epoch`) with config overrides.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.longtail import longtail_counts
 from bbn.data.loader import DeviceImages
 from bbn.data.sources import LabeledImages, Splits
-from bbn.evaluate import evaluate, resolve_device
+from bbn.devices import resolve_device
+from bbn.engine.evaluate import evaluate
 from bbn.methods import METHODS
 from bbn.models import create_model
-from bbn.optim import build_optimizer
-from bbn.speed import autocast_dtype, compile_model, memory_format
-from bbn.train import Session, train_epoch, versions
+from bbn.engine.optim import build_optimizer
+from bbn.engine.speed import autocast_dtype, compile_model, memory_format
+from bbn.engine.train import Session, train_epoch, versions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TEST_IMAGES = 10_000
@@ -59,17 +60,24 @@ OURS: dict[str, list[str]] = {
 }
 
 
-def synthetic_cifar_lt(seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
-    """Random images with CIFAR-10-LT IR100's class counts (12,406) and a 10,000 test set."""
+# --smoke: a tiny run that only shows the script works (its figures mean nothing).
+SMOKE_OVERRIDES = ["train.batch_size=8", "train.eval_batch_size=64"]
+SMOKE_IMAGES = (500, 100)  # N_max of the long-tailed training set (N_min 5), test images
+
+
+def synthetic_cifar_lt(seed: int = 0, smoke: bool = False) -> tuple[LabeledImages, LabeledImages]:
+    """Random images with CIFAR-10-LT IR100's class counts (12,406) and a 10,000 test set
+    (with `smoke`, N_max = 500 and 100 test images)."""
     g = torch.Generator().manual_seed(seed)
-    counts = longtail_counts(5000, 10, 100, "exp")
+    n_max, test_images = SMOKE_IMAGES if smoke else (5000, TEST_IMAGES)
+    counts = longtail_counts(n_max, 10, 100, "exp")
     labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
     labels = labels[torch.randperm(len(labels), generator=g)]
     names = [f"class{c}" for c in range(10)]
     train = LabeledImages(torch.randint(0, 256, (len(labels), 3, 32, 32), generator=g, dtype=torch.uint8),
                           labels, names)
-    test_labels = torch.arange(TEST_IMAGES) % 10
-    test = LabeledImages(torch.randint(0, 256, (TEST_IMAGES, 3, 32, 32), generator=g, dtype=torch.uint8),
+    test_labels = torch.arange(test_images) % 10
+    test = LabeledImages(torch.randint(0, 256, (test_images, 3, 32, 32), generator=g, dtype=torch.uint8),
                          test_labels, names)
     return train, test
 
@@ -88,10 +96,10 @@ def _sync(device: torch.device) -> None:
 # --- this package's trainer -------------------------------------------------------------
 
 
-def synthetic_session(cfg: Config) -> Session:
+def synthetic_session(cfg: Config, smoke: bool = False) -> Session:
     """A training session of `cfg` on the synthetic CIFAR-10-LT set, with the trainer's
     speed switches applied as `bbn train` applies them."""
-    train, test = synthetic_cifar_lt()
+    train, test = synthetic_cifar_lt(smoke=smoke)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
     fmt = memory_format(cfg.train.channels_last)
@@ -106,11 +114,13 @@ def synthetic_session(cfg: Config) -> Session:
                    amp_dtype=autocast_dtype(cfg.train.precision, device))
 
 
-def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str) -> dict[str, Any]:
-    cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false"])
-    s = synthetic_session(cfg)
+def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str, smoke: bool = False) -> dict[str, Any]:
+    cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false",
+                                            *(SMOKE_OVERRIDES if smoke else [])])
+    s = synthetic_session(cfg, smoke)
     device, data, method = s.device, s.data, s.method
-    train_epoch(s, progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
+    if warmup:
+        train_epoch(s, progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
     s.epoch = 0
     _sync(device)
     start = time.perf_counter()
@@ -168,16 +178,17 @@ class ReferenceCIFAR(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index], meta
 
 
-def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2) -> dict[str, Any]:
+def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2, smoke: bool = False) -> dict[str, Any]:
     import torchvision.transforms as T
 
     device = resolve_device(device_name)
-    train, test = synthetic_cifar_lt()
+    train, test = synthetic_cifar_lt(smoke=smoke)
+    batch = 8 if smoke else 128
     normalize = T.Normalize(CIFAR_MEAN, CIFAR_STD)
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     test_tf = T.Compose([T.ToTensor(), normalize])
     loader = torch.utils.data.DataLoader(
-        ReferenceCIFAR(train, train_tf, dual_sample=True), batch_size=128, shuffle=True,
+        ReferenceCIFAR(train, train_tf, dual_sample=True), batch_size=batch, shuffle=True,
         num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
     torch.manual_seed(0)
     model = create_model("bbn_resnet32", 10, 3).to(device)
@@ -194,8 +205,8 @@ def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2) -
         image, label, meta = next(batches)
         image_a, label_a = image.to(device), label.to(device)
         image_b, label_b = meta["sample_image"].to(device), meta["sample_label"].to(device)
-        feature_a = model.features(image_a, "conventional")
-        feature_b = model.features(image_b, "rebalancing")
+        feature_a = model.features(image_a, "cb")
+        feature_b = model.features(image_b, "rb")
         l = 1 - ((epoch - 1) / div_epoch) ** 2  # noqa: E741 - the reference's name
         mixed_feature = 2 * torch.cat((l * feature_a, (1 - l) * feature_b), dim=1)
         output = model.classifier(mixed_feature)
@@ -217,30 +228,32 @@ def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2) -
             torch.argmax(torch.softmax(model(image.to(device)), 1), 1).cpu()
     _sync(device)
     eval_s = time.perf_counter() - start
-    return {"step_s": step_s, "images_per_step": 256, "eval_s": eval_s, "steps_per_epoch": len(loader),
+    return {"step_s": step_s, "images_per_step": 2 * batch, "eval_s": eval_s, "steps_per_epoch": len(loader),
             "peak_mb": _peak_memory_mb(device), "loss": float(loss.detach())}
 
 
 # --- driver ---------------------------------------------------------------------------
 
 
-def _child(name: str, steps: int, warmup: int, device: str, threads: int | None, queue: mp.Queue) -> None:
+def _child(name: str, steps: int, warmup: int, device: str, threads: int | None, queue: mp.Queue,
+           smoke: bool = False) -> None:
     try:
         if threads:
             torch.set_num_threads(threads)
         if name == "reference":
-            out = run_reference(steps, warmup, device)
+            out = run_reference(steps, warmup, device, smoke=smoke)
         else:
-            out = run_ours(OURS[name], steps, warmup, device)
+            out = run_ours(OURS[name], steps, warmup, device, smoke)
         queue.put((name, out))
     except Exception as exc:  # reported in the table, never hidden
         queue.put((name, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
-def measure(name: str, steps: int, warmup: int, device: str, threads: int | None) -> dict[str, Any]:
+def measure(name: str, steps: int, warmup: int, device: str, threads: int | None,
+            smoke: bool = False) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(name, steps, warmup, device, threads, queue))
+    proc = ctx.Process(target=_child, args=(name, steps, warmup, device, threads, queue, smoke))
     proc.start()
     _, out = queue.get()
     proc.join()
@@ -295,7 +308,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run (8 + 8 images a step, a small set) that only checks the script works; "
+                             "exits 1 when a variant fails")
     args = parser.parse_args()
+    if args.smoke and args.append:
+        parser.error("--smoke figures mean nothing; drop --append")
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n != "reference" and n not in OURS]
     if unknown:
@@ -303,14 +321,14 @@ def main() -> int:
     results = {}
     for name in names:
         print(f"measuring {name} ...", file=sys.stderr)
-        results[name] = measure(name, args.steps, args.warmup, args.device, args.threads)
+        results[name] = measure(name, args.steps, args.warmup, args.device, args.threads, args.smoke)
     text = table(results)
     print(text)
     if args.append:
         append_results("Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size", args.device,
                        f"Device: {args.device}; {args.steps} timed steps after {args.warmup} untimed, per variant.",
                        text)
-    return 0
+    return 1 if args.smoke and any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":

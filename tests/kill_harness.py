@@ -1,4 +1,4 @@
-"""Run `bbn train` processes that stop themselves at named fault points (bbn.faults) and
+"""Run `bbn train` processes that stop themselves at named fault points (bbn.engine.faults) and
 compare what their resumes leave with an uninterrupted run (used by tests/test_kill.py and
 benchmarks/kill_test.py).
 
@@ -21,8 +21,8 @@ from typing import Protocol
 
 import torch
 
-from bbn.checkpoint import load_checkpoint
-from bbn.runs import RunDir, read_metrics
+from bbn.engine.checkpoint import load_checkpoint
+from bbn.engine.runs import RunDir, read_metrics
 
 TIMING_KEYS = frozenset({"epoch_s", "images_per_s", "train_s"})
 
@@ -119,8 +119,8 @@ def _serve() -> None:
     import sklearn.datasets  # noqa: F401  (the imports a run needs, done once: the digits,
     import bbn.cli  # the training loop and the report's plots)
     import bbn.data.prepare  # noqa: F401
-    import bbn.report  # noqa: F401
-    import bbn.train  # noqa: F401
+    import bbn.tools.report  # noqa: F401
+    import bbn.engine.train  # noqa: F401
 
     answer = sys.stdout
     for line in sys.stdin:
@@ -173,7 +173,7 @@ class Attempt:
 
 def run_once(launcher: Launcher, args: list[str], log: Path, fault: str | None = None) -> Attempt:
     """Run `bbn ARGS` to its end with fault point `fault` (`<point>:<n>[:<action>]`, see
-    bbn.faults) armed, recording the points it hits in LOG.points."""
+    bbn.engine.faults) armed, recording the points it hits in LOG.points."""
     points = log.with_suffix(".points")
     points.unlink(missing_ok=True)
     env = {"BBN_FAULT_LOG": str(points), **({"BBN_FAULT": fault} if fault else {})}

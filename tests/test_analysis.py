@@ -14,15 +14,16 @@ import torch
 
 from cli_checks import assert_bad_input
 
-from bbn.analysis import RunNorms, classifier_weight_norms, head_to_tail, write_weight_norms
+from bbn.tools.analysis import RunNorms, classifier_weight_norms, head_to_tail, write_weight_norms
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.data.augment import Normalize
 from bbn.data.loader import DeviceImages
 from bbn.errors import BBNError
-from bbn.evaluate import evaluate, evaluate_branches, predict, predict_branch
+from bbn.engine.evaluate import evaluate, predict
+from bbn.tools.evaluate import evaluate_branches, predict_branch
 from bbn.models import create_model
-from bbn.runner import start_run
+from bbn.tools.runner import start_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["train.epochs=1", "train.threads=1", "train.tensorboard=false"]
@@ -120,8 +121,8 @@ def test_branch_logits_add_up_to_the_inference_logits() -> None:
         model.classifier.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
     data = _images()
     z, labels = predict(model, data, batch_size=5)
-    z_cb, labels_cb = predict_branch(model, data, 5, "BBN-CB")
-    z_rb, _ = predict_branch(model, data, 5, "BBN-RB")
+    z_cb, labels_cb = predict_branch(model, data, 5, "cb")
+    z_rb, _ = predict_branch(model, data, 5, "rb")
     assert torch.equal(labels_cb, labels)
     # W_c f + b + W_r f + b - b == W_c f + W_r f + b (alpha = 0.5, SPEC §2)
     torch.testing.assert_close(z_cb + z_rb - model.classifier.bias, z, rtol=1e-5, atol=1e-5)
@@ -135,7 +136,7 @@ def test_branches_with_a_hand_set_classifier() -> None:
         model.classifier.bias.zero_()
     data = _images()
     z, _ = predict(model, data, 5)
-    z_cb, _ = predict_branch(model, data, 5, "BBN-CB")
+    z_cb, _ = predict_branch(model, data, 5, "cb")
     torch.testing.assert_close(z_cb, z, rtol=1e-5, atol=1e-5)
 
     counts = [200, 50, 5]  # class 0 many-shot, class 1 medium, class 2 few

@@ -31,7 +31,7 @@ from cifar_format import dump_pickle, write_cifar10
 from image_files import image_folder, write_list, write_png_bomb
 from cli_checks import assert_bad_input
 
-from bbn.checkpoint import save_checkpoint
+from bbn.engine.checkpoint import save_checkpoint
 from bbn.cli import main
 from bbn.config import load_config, save_config
 from bbn.errors import EXIT_BAD_INPUT, BBNError
@@ -314,7 +314,7 @@ def _nan_conv() -> torch.Tensor:
 
 
 def _zero_class_predict(env: Env) -> list[str]:
-    from bbn.predict import InputSpec
+    from bbn.tools.predict import InputSpec
 
     path = env.tmp / "zero.pt"
     save_checkpoint({"format": 2, "config": _digits_cfg().to_dict(), "model": create_model("resnet32", 0, 3).state_dict(),
@@ -738,7 +738,7 @@ def test_disk_full_after_an_epoch_keeps_a_whole_last_checkpoint_and_resumes(
                             "No space left on device", "free disk space", f"bbn train --resume {env.out}")
     assert "checkpoints/last.pt is intact" in line
     env.monkeypatch.setattr(os, "fsync", real_fsync)
-    from bbn.checkpoint import load_checkpoint
+    from bbn.engine.checkpoint import load_checkpoint
 
     assert load_checkpoint(env.out / "checkpoints" / "last.pt")["epoch"] == 1
     assert "warning" not in capsys.readouterr().err  # last.pt itself loaded, not a fallback

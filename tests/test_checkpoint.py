@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bbn.checkpoint import (FILE_FORMAT, load_checkpoint, nonfinite_entries, previous_path, rng_states,
+from bbn.engine.checkpoint import (FILE_FORMAT, load_checkpoint, nonfinite_entries, previous_path, rng_states,
                             save_checkpoint, set_rng_states)
 from bbn.errors import BBNError
 

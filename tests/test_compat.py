@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.cli import main
-from bbn.runs import RunDir, read_metrics
+from bbn.engine.runs import RunDir, read_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -61,7 +61,7 @@ def test_old_run_resumes_to_the_end(old_run: Path, capsys: pytest.CaptureFixture
 
 def test_old_final_json_is_read_by_the_summary_and_the_report(tmp_path: Path) -> None:
     from bbn.cli import _summary
-    from bbn.report import write_report
+    from bbn.tools.report import write_report
 
     final = json.loads((FIXTURES / "final_v1.json").read_text())
     assert "best epoch: top-1" in _summary(final)

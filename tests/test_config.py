@@ -369,7 +369,7 @@ def test_a_device_the_machine_lacks_names_the_available_ones(monkeypatch: pytest
     import torch
 
     from bbn.devices import check_device
-    from bbn.evaluate import resolve_device
+    from bbn.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -445,7 +445,7 @@ def test_a_config_file_over_the_size_cap_is_refused_before_reading(tmp_path: Pat
     "x" * 100_000,
 ])
 def test_an_error_line_stays_short_whatever_the_value(override: str) -> None:
-    from bbn.train import check_names
+    from bbn.engine.train import check_names
 
     with pytest.raises(BBNError) as info:
         check_names(load_config("digits_bbn", [override]))

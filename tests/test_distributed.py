@@ -1,4 +1,4 @@
-"""bbn.distributed: how ranks split an epoch, and gradient averaging across 2 gloo processes."""
+"""bbn.engine.distributed: how ranks split an epoch, and gradient averaging across 2 gloo processes."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import torch.multiprocessing as mp
 
 from kill_harness import without_timing
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.cli import main
 from bbn.config import load_config
-from bbn.distributed import (SINGLE, World, check_batch, data_parallel, rank_generator, shard, shard_batches,
+from bbn.engine.distributed import (SINGLE, World, check_batch, data_parallel, rank_generator, shard, shard_batches,
                              world_from_env)
 from bbn.errors import EXIT_PREEMPTED, BBNError
 from bbn.methods import METHODS
-from bbn.runs import RunDir, read_metrics
-from bbn.runner import start_run
+from bbn.engine.runs import RunDir, read_metrics
+from bbn.tools.runner import start_run
 
 
 def test_world_from_env_reads_torchrun_variables():

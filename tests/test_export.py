@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
 from bbn.config import build_config, save_config
 from bbn.models import create_model
-from bbn.predict import InputSpec
+from bbn.tools.predict import InputSpec
 from cli_checks import assert_bad_input
 
 PARITY = 1e-4
@@ -99,7 +99,7 @@ def test_bad_exports_write_nothing(checkpoint: tuple[Path, torch.nn.Module], tmp
 
 def test_a_diverging_export_is_refused(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import bbn.export
+    import bbn.tools.export
 
     path, model = checkpoint
 
@@ -108,7 +108,7 @@ def test_a_diverging_export_is_refused(checkpoint: tuple[Path, torch.nn.Module],
 
     def off_by_one(_p: Path) -> Any:  # an exported graph whose logits are all 1 too high
         return lambda x: model(x).detach().numpy() + 1.0
-    monkeypatch.setitem(bbn.export.WRITERS, "torchscript", (write, off_by_one))
+    monkeypatch.setitem(bbn.tools.export.WRITERS, "torchscript", (write, off_by_one))
     assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
                      "differs from the checkpoint's by 1 in a logit")
     assert list(tmp_path.iterdir()) == []

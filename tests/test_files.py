@@ -21,7 +21,7 @@ from bbn.data.sources import LabeledImages
 from bbn.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageReadError, crop_transform, image_transform,
                                  read_image, resize_size)
 from bbn.errors import BBNError
-from bbn.results import dense_confusion
+from bbn.engine.results import dense_confusion
 from cli_checks import assert_bad_input
 
 SIZE = 16
@@ -324,10 +324,10 @@ def test_a_file_run_stopped_mid_epoch_resumes_to_the_same_weights(folder: Path, 
     and decodes the rest with the uninterrupted run's draws: the same final weights."""
     import signal
 
-    from bbn import preemption
-    from bbn.checkpoint import load_checkpoint
+    from bbn.engine import preemption
+    from bbn.engine.checkpoint import load_checkpoint
     from bbn.errors import Preempted
-    from bbn.runner import resume_run, start_run
+    from bbn.tools.runner import resume_run, start_run
 
     cfg = folder_cfg(folder)
     quiet = lambda _line: None  # noqa: E731

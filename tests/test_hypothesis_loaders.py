@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bbn.checkpoint import load_checkpoint, save_checkpoint
+from bbn.engine.checkpoint import load_checkpoint, save_checkpoint
 from bbn.config import (Config, DataConfig, _set_dotted, build_config, check_schedule, parse_override, read_yaml,
                         valid_keys)
 from bbn.data.arrays import load_arrays_file
 from bbn.data.sources import load_source
 from bbn.errors import BBNError
-from bbn.train import check_names
+from bbn.engine.train import check_names
 
 # torch's note on the protocol byte of random files; the loader's answer is what is tested
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

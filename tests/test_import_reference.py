@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.cli import main
 from bbn.config import DataConfig
-from bbn.convert import read_reference
+from bbn.tools.convert import read_reference
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar10
-from bbn.predict import load_predictor
-from bbn.results import dense_confusion
+from bbn.tools.predict import load_predictor
+from bbn.engine.results import dense_confusion
 from cifar_format import write_cifar10
 from cli_checks import assert_bad_input
 
@@ -286,7 +286,7 @@ def _forbid_building(monkeypatch: pytest.MonkeyPatch) -> None:
     """Building the network for a refused file would allocate its declared size: fail instead."""
     def create_model(*args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"a network was built for a file that must be refused: {args}")
-    monkeypatch.setattr("bbn.convert.create_model", create_model)
+    monkeypatch.setattr("bbn.tools.convert.create_model", create_model)
 
 
 def test_a_classifier_declaring_more_values_than_stored_is_refused_before_building(
@@ -313,7 +313,7 @@ def test_more_classes_than_the_bound_need_num_classes(ref32: tuple[Path, Tensors
     is built, unless --num-classes names its size."""
     path, _ = ref32
     out = tmp_path / "out.pt"
-    monkeypatch.setattr("bbn.convert.MAX_IMPORT_CLASSES", 9)
+    monkeypatch.setattr("bbn.tools.convert.MAX_IMPORT_CLASSES", 9)
     with monkeypatch.context() as m:
         _forbid_building(m)
         assert_bad_input(["import-reference", str(path), "--out", str(out)], capsys,

@@ -1,4 +1,4 @@
-"""Real `bbn train` processes stopped at each named fault point (bbn.faults) in turn, by
+"""Real `bbn train` processes stopped at each named fault point (bbn.engine.faults) in turn, by
 progress, never by elapsed time: after a SIGKILL at every point of the run-folder protocol
 the same `bbn train ... --resume auto` command continues, and the run ends with the weights,
 optimiser state, best.pt and metrics of an uninterrupted run, bit for bit. A SIGTERM exits
@@ -18,10 +18,10 @@ import pytest
 import torch
 from kill_harness import Attempt, ForkServer, check_consistent, differences, run_once, train_args
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
-from bbn.faults import POINTS
-from bbn.runs import RunDir, RunLock
+from bbn.engine.faults import POINTS
+from bbn.engine.runs import RunDir, RunLock
 
 # digits-LT with a head class of 30 images, 3 steps an epoch, 3 epochs
 TINY = ["digits_bbn", "train.epochs=3", "train.warmup_epochs=1", "train.milestones=[2]", "train.tensorboard=false",

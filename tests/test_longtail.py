@@ -11,13 +11,8 @@ import torch
 from cifar_format import CIFAR10_NAMES, CIFAR100_FINE_NAMES, write_cifar10, write_cifar100
 
 from bbn.config import DataConfig
-from bbn.data.longtail import (
-    check_trainable,
-    longtail_counts,
-    make_longtail,
-    shot_group,
-    shot_groups,
-)
+from bbn.data.longtail import check_trainable, longtail_counts, make_longtail
+from bbn.engine.metrics import shot_group, shot_groups
 from bbn.data.sources import LabeledImages, load_source
 from bbn.errors import BBNError
 

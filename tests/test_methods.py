@@ -121,8 +121,8 @@ def test_bbn_step_loss_by_hand(epoch: int, alpha: float) -> None:
     x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
     assert torch.equal(y_c, data.labels[idx_c]) and torch.equal(y_r, data.labels[idx_r])
     with torch.no_grad():
-        f_c = model.features(x_c, "conventional")
-        f_r = model.features(x_r, "rebalancing")
+        f_c = model.features(x_c, "cb")
+        f_r = model.features(x_r, "rb")
         w, b = model.classifier.weight, model.classifier.bias
         z = 2 * alpha * f_c @ w[:, :64].t() + 2 * (1 - alpha) * f_r @ w[:, 64:].t() + b
     want = alpha * ce_by_hand(z, y_c) + (1 - alpha) * ce_by_hand(z, y_r)
@@ -152,7 +152,7 @@ def test_bbn_beta_adaptor_draws_alpha_each_step_from_the_generator() -> None:
     x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
     assert torch.equal(replay.get_state(), g.get_state())  # same draws, same order
     with torch.no_grad():
-        z = model.logits(model.features(x_c, "conventional"), model.features(x_r, "rebalancing"), alpha)
+        z = model.logits(model.features(x_c, "cb"), model.features(x_r, "rb"), alpha)
     want = alpha * ce_by_hand(z, y_c) + (1 - alpha) * ce_by_hand(z, y_r)
     assert out.loss.item() == pytest.approx(float(want), rel=1e-4)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bbn.errors import BBNError
-from bbn.metrics import classification_metrics, prediction_metrics, topk_correct
-from bbn.results import FORMAT, confusion_cells, dense_confusion, sparse_confusion, write_results
+from bbn.engine.metrics import classification_metrics, prediction_metrics, topk_correct
+from bbn.engine.results import FORMAT, confusion_cells, dense_confusion, sparse_confusion, write_results
 
 C = 6
 # many (> 100): classes 0, 1; medium (20..100): 2, 3; few (< 20): 4, 5

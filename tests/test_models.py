@@ -99,7 +99,7 @@ def test_output_shapes(bbn10: BilateralModel, x: torch.Tensor) -> None:
         assert plain.features(x).shape == (4, 64)
         assert bbn10(x).shape == (4, 10)
         assert bbn10.backbone.trunk(x).shape == (4, 64, 8, 8)
-        for branch in ("conventional", "rebalancing"):
+        for branch in ("cb", "rb"):
             assert bbn10.features(x, branch).shape == (4, 64)
             assert bbn10.branch_logits(x, branch).shape == (4, 10)
     assert bbn10.classifier.weight.shape == (10, 128)
@@ -110,16 +110,16 @@ def test_output_shapes(bbn10: BilateralModel, x: torch.Tensor) -> None:
 def test_forward_is_sum_of_branch_logits(bbn10: BilateralModel, x: torch.Tensor) -> None:
     with torch.no_grad():
         z = bbn10(x)
-        cb = bbn10.branch_logits(x, "conventional")
-        rb = bbn10.branch_logits(x, "rebalancing")
+        cb = bbn10.branch_logits(x, "cb")
+        rb = bbn10.branch_logits(x, "rb")
     assert torch.allclose(z, cb + rb - bbn10.classifier.bias, atol=ATOL)
     assert not torch.allclose(cb, rb, atol=ATOL)  # the branches differ
 
 
 def test_forward_by_hand_from_features(bbn10: BilateralModel, x: torch.Tensor) -> None:
     with torch.no_grad():
-        f_c = bbn10.features(x, "conventional")
-        f_r = bbn10.features(x, "rebalancing")
+        f_c = bbn10.features(x, "cb")
+        f_r = bbn10.features(x, "rb")
         # features = GAP of the branch block on the shared trunk
         shared = bbn10.backbone.trunk(x)
         assert torch.allclose(f_c, bbn10.backbone.cb_block(shared).mean(dim=(2, 3)), atol=ATOL)
@@ -129,8 +129,8 @@ def test_forward_by_hand_from_features(bbn10: BilateralModel, x: torch.Tensor) -
         by_hand = f_c @ w[:, :64].t() + f_r @ w[:, 64:].t() + b
         assert torch.allclose(bbn10(x), by_hand, atol=ATOL)
         # BBN-CB / BBN-RB single-branch logits
-        assert torch.allclose(bbn10.branch_logits(x, "conventional"), f_c @ w[:, :64].t() + b, atol=ATOL)
-        assert torch.allclose(bbn10.branch_logits(x, "rebalancing"), f_r @ w[:, 64:].t() + b, atol=ATOL)
+        assert torch.allclose(bbn10.branch_logits(x, "cb"), f_c @ w[:, :64].t() + b, atol=ATOL)
+        assert torch.allclose(bbn10.branch_logits(x, "rb"), f_r @ w[:, 64:].t() + b, atol=ATOL)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
@@ -185,13 +185,13 @@ def test_both_branches_go_through_the_same_trunk_parameters(x: torch.Tensor) -> 
     shared = bb.layer2[0].conv1.weight
 
     model.zero_grad()
-    model.features(x, "conventional").sum().backward()
+    model.features(x, "cb").sum().backward()
     assert shared.grad is not None and shared.grad.abs().sum() > 0
     assert bb.cb_block.conv1.weight.grad.abs().sum() > 0
     assert bb.rb_block.conv1.weight.grad is None  # the other branch's block is untouched
 
     model.zero_grad(set_to_none=True)
-    model.features(x, "rebalancing").sum().backward()
+    model.features(x, "rb").sum().backward()
     assert shared.grad is not None and shared.grad.abs().sum() > 0
     assert bb.rb_block.conv1.weight.grad.abs().sum() > 0
     assert bb.cb_block.conv1.weight.grad is None
@@ -201,12 +201,12 @@ def test_changing_a_trunk_weight_moves_both_branches_a_block_weight_only_one(x: 
     torch.manual_seed(0)
     model = create_model("bbn_resnet32", 10).eval()
     with torch.no_grad():
-        fc0, fr0 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        fc0, fr0 = model.features(x, "cb"), model.features(x, "rb")
         model.backbone.cb_block.conv2.weight.mul_(2.0)
-        fc1, fr1 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        fc1, fr1 = model.features(x, "cb"), model.features(x, "rb")
         assert not torch.allclose(fc0, fc1) and torch.equal(fr0, fr1)
         model.backbone.layer1[0].conv1.weight.mul_(-1.0)
-        fc2, fr2 = model.features(x, "conventional"), model.features(x, "rebalancing")
+        fc2, fr2 = model.features(x, "cb"), model.features(x, "rb")
         assert not torch.allclose(fc1, fc2) and not torch.allclose(fr1, fr2)
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from cli_checks import assert_bad_input
 
-from bbn.checkpoint import load_checkpoint, nonfinite_entries
+from bbn.engine.checkpoint import load_checkpoint, nonfinite_entries
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.data.prepare import prepare_data
 from bbn.methods.base import StepResult
 from bbn.methods.bbn import BBN
-from bbn.runs import RunDir, read_metrics
+from bbn.engine.runs import RunDir, read_metrics
 
 # digits-LT with a head class of 60 images: 201 training images, 6 steps an epoch
 TINY = ["digits_bbn", "train.epochs=3", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from bbn.config import TrainConfig
-from bbn.optim import build_optimizer, learning_rate, set_lr, warmup_multistep_factor
+from bbn.engine.optim import build_optimizer, learning_rate, set_lr, warmup_multistep_factor
 
 
 def cifar_recipe() -> TrainConfig:

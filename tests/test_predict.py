@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bbn.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from bbn.cli import main
 from bbn.config import build_config
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.prepare import prepare_data
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.models import create_model
-from bbn.predict import InputSpec, load_predictor, predict_files
+from bbn.tools.predict import InputSpec, load_predictor, predict_files
 from cli_checks import assert_bad_input
 from image_files import image_folder
 
@@ -231,13 +231,13 @@ def test_weights_declaring_more_values_than_stored_are_refused(tmp_path: Path, m
     state = {**model.state_dict(), "classifier.weight": torch.zeros(1).expand(10**8, 64),
              "classifier.bias": torch.zeros(1).expand(10**8)}
     path = tmp_path / "huge.pt"
-    monkeypatch.setattr("bbn.checkpoint.nonfinite_entries", lambda tree: [])  # its check would expand it
+    monkeypatch.setattr("bbn.engine.checkpoint.nonfinite_entries", lambda tree: [])  # its check would expand it
     save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": state,
                      "input": InputSpec(3, 8, 8, (0.5,) * 3, (0.25,) * 3).to_dict()}, path)
 
     def create(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"a network was built for a crafted checkpoint: {args}")
-    monkeypatch.setattr("bbn.predict.create_model", create)
+    monkeypatch.setattr("bbn.tools.predict.create_model", create)
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     assert_bad_input(["predict", str(path), str(image)], capsys, "huge.pt", "declares shape (100000000, 64)",

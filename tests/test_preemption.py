@@ -14,14 +14,15 @@ import pytest
 from cli_checks import assert_bad_input
 from kill_harness import differences
 
-from bbn import preemption, runner
-from bbn.checkpoint import load_checkpoint, previous_path
+from bbn.engine import preemption
+from bbn.tools import runner
+from bbn.engine.checkpoint import load_checkpoint, previous_path
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.errors import EXIT_PREEMPTED
 from bbn.methods.bbn import BBN
-from bbn.runs import RunDir, read_metrics
-from bbn.runner import start_run
+from bbn.engine.runs import RunDir, read_metrics
+from bbn.tools.runner import start_run
 
 # digits-LT with a head class of 60 images: 201 training images, 6 steps an epoch, 4 epochs
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",

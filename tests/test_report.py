@@ -14,8 +14,8 @@ import torch
 from matplotlib.figure import Figure
 
 from bbn.errors import BBNError
-from bbn.report import most_confused, write_report
-from bbn.results import confusion_cells, sparse_confusion
+from bbn.tools.report import most_confused, write_report
+from bbn.engine.results import confusion_cells, sparse_confusion
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

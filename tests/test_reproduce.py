@@ -9,10 +9,10 @@ import pytest
 
 from bbn.cli import main
 from bbn.errors import BBNError
-from bbn.paper import PAPER_TOP1_ERROR, paper_error
-from bbn.reproduce import Job, expand_configs, parse_grid, plan, render, reproduce, summarize
-from bbn.runs import RunDir
-from bbn.runner import start_run
+from bbn.tools.paper import PAPER_TOP1_ERROR, paper_error
+from bbn.tools.reproduce import Job, expand_configs, parse_grid, plan, render, reproduce, summarize
+from bbn.engine.runs import RunDir
+from bbn.tools.runner import start_run
 
 QUICK = ["train.epochs=1", "train.tensorboard=false", "train.threads=1"]
 
@@ -120,7 +120,7 @@ def test_reproduce_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_an_override_applies_to_the_configs_that_read_it_and_the_table_says_so(tmp_path: Path) -> None:
-    from bbn.reproduce import override_notes
+    from bbn.tools.reproduce import override_notes
 
     overrides = [*QUICK, "method.focal_gamma=2"]
     warnings: list[str] = []

@@ -13,7 +13,7 @@ from init_checks import check_init
 from bbn.config import build_config
 from bbn.errors import BBNError
 from bbn.models import MODELS, BilateralModel, create_model, num_params
-from bbn.runner import start_run
+from bbn.tools.runner import start_run
 
 ATOL = 1e-4
 
@@ -85,7 +85,7 @@ def test_bilateral_interface_on_small_inputs() -> None:
         shared = model.backbone.trunk(x)
         assert shared.shape == (2, 2048, 2, 2)
         f_c = model.backbone.cb_block(shared).mean(dim=(2, 3))
-        f_r = model.features(x, "rebalancing")
+        f_r = model.features(x, "rb")
         assert f_c.shape == f_r.shape == (2, 2048) and not torch.allclose(f_c, f_r)
         z = model(x)
         assert z.shape == (2, 5)
@@ -122,7 +122,7 @@ def test_bbn_resnet50_from_torchvision_weights(tv: torchvision.models.ResNet, tv
             tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))), 1)
         scale = float(pooled.abs().max())
         # with both blocks equal to layer4.2, f_c and f_r are torchvision's pooled features
-        for branch in ("conventional", "rebalancing"):
+        for branch in ("cb", "rb"):
             assert torch.allclose(model.features(x, branch), pooled, atol=ATOL * scale)
 
 

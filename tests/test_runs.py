@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from cli_checks import assert_bad_input
 
-from bbn import runner
-from bbn.checkpoint import load_checkpoint, save_checkpoint
+from bbn.tools import runner
+from bbn.engine.checkpoint import load_checkpoint, save_checkpoint
 from bbn.cli import main
 from bbn.config import load_config, save_config
 from bbn.errors import BBNError
-from bbn.runs import RunDir, RunLock
+from bbn.engine.runs import RunDir, RunLock
 
 ONE_EPOCH = ["train.epochs=1", "train.warmup_epochs=0", "train.milestones=[1]", "train.tensorboard=false",
              "train.threads=1", "train.device=cpu", "data.n_max=20", "data.test_max_per_class=5"]
@@ -45,7 +45,7 @@ def _stopped_copy(finished: Path, tmp_path: Path) -> RunDir:
 
 def test_a_locked_folder_is_refused_naming_the_holder_and_freed_when_it_is_killed(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from bbn.runs import RunLock; "
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bbn.engine.runs import RunLock; "
          f"RunLock(Path({str(tmp_path)!r})).acquire(); print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
@@ -80,7 +80,7 @@ def test_an_early_error_removes_only_what_the_run_wrote(tmp_path: Path, monkeypa
     out = tmp_path / "run"
     out.mkdir()  # an existing empty folder as --out
 
-    def fit_until_the_disk_is_full(session, run, progress, log):
+    def fit_until_the_disk_is_full(session, run, progress, log, on_finish=None):
         (out / "mine.txt").write_text("a file another program put there meanwhile")
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -21,7 +21,7 @@ from arrays_data import ARRAYS_TRAIN, write_arrays
 from cifar_format import dump_pickle, write_cifar10
 from cli_checks import assert_bad_input
 
-from bbn.checkpoint import load_checkpoint, save_checkpoint
+from bbn.engine.checkpoint import load_checkpoint, save_checkpoint
 from bbn.config import Config, load_config, read_yaml, save_config
 from bbn.data.arrays import load_arrays_file
 from bbn.errors import BBNError

@@ -10,14 +10,8 @@ import torch
 from sklearn.datasets import load_digits as sk_load_digits
 
 from bbn.config import DataConfig
-from bbn.data.sources import (
-    DIGITS_MEAN,
-    DIGITS_STD,
-    SOURCES,
-    LabeledImages,
-    Splits,
-    load_source,
-)
+from bbn.data.digits import DIGITS_MEAN, DIGITS_STD
+from bbn.data.sources import SOURCES, LabeledImages, Splits, load_source
 from bbn.errors import BBNError
 
 N_DIGITS = 1797

@@ -8,8 +8,8 @@ import torch
 from bbn.config import load_config
 from bbn.data.loader import DeviceImages
 from bbn.errors import BBNError
-from bbn.speed import autocast, autocast_dtype, bf16_fast, compile_model, memory_format
-from bbn.train import build_session
+from bbn.engine.speed import autocast, autocast_dtype, bf16_fast, compile_model, memory_format
+from bbn.engine.train import build_session
 from test_methods import MEAN, STD, make, tiny_images
 
 CPU = torch.device("cpu")

@@ -14,17 +14,17 @@ from scipy import stats
 
 from cli_checks import assert_bad_input
 
-import bbn.study.classifier as stage2
+import bbn.tools.study.classifier as stage2
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.errors import BBNError
-from bbn.evaluate import predict
-from bbn.runs import RunDir, check_same_config
-from bbn.study import frozen_features, load_run, retrain_classifier, retrain_run
-from bbn.study.classifier import LWSHead, Stage2, stage2_batches, tau_normalized_weights
-from bbn.study.features import extract_features
-from bbn.study.two_stage import stage1_config
-from bbn.runner import start_run
+from bbn.engine.evaluate import predict
+from bbn.engine.runs import RunDir, check_same_config
+from bbn.tools.study import frozen_features, load_run, retrain_classifier, retrain_run
+from bbn.tools.study.classifier import LWSHead, Stage2, stage2_batches, tau_normalized_weights
+from bbn.tools.study.features import extract_features
+from bbn.tools.study.two_stage import stage1_config
+from bbn.tools.runner import start_run
 
 FAST = ["train.tensorboard=false", "train.threads=1"]
 # CE on digits-LT, a short schedule that ends at a low LR: a usable representation in seconds.
@@ -58,7 +58,7 @@ def test_extracted_features_are_model_features(runs, kind: str, branch: str | No
     with torch.no_grad():
         trained.model.eval()
         expected = (trained.model.features(x) if branch is None
-                    else trained.model.features(x, {"cb": "conventional", "rb": "rebalancing"}[branch]))
+                    else trained.model.features(x, branch))
     assert feats.shape == (len(trained.test_set), 64)
     torch.testing.assert_close(feats[:100], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(labels, trained.test_set.labels)

@@ -10,13 +10,13 @@ import torch
 import yaml
 from kill_harness import without_timing
 
-from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from bbn.config import load_config, save_config
-from bbn.evaluate import eval_command
-from bbn.optim import learning_rate
-from bbn.runs import RunDir, read_metrics
+from bbn.engine.optim import learning_rate
+from bbn.engine.runs import RunDir, read_metrics
+from bbn.tools.evaluate import eval_command
 from bbn.errors import BBNError
-from bbn.runner import continue_run, resume_run, start_run
+from bbn.tools.runner import continue_run, resume_run, start_run
 
 # A tiny digits-LT run: ~500 training images of 8x8, 4 epochs of ~15 steps.
 TINY = ["train.epochs=4", "train.warmup_epochs=1", "train.milestones=[3]", "train.tensorboard=false",

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from bbn.reproduce import mean_std
-from bbn.study import retrain_run
+from bbn.tools.reproduce import mean_std
+from bbn.tools.study import retrain_run
 
 REPRESENTATIONS = (("CE", "digits_ce", None), ("RW", "digits_rw", None), ("RS", "digits_rs", None),
                    ("BBN-CB", "digits_bbn", "cb"), ("BBN-RB", "digits_bbn", "rb"))

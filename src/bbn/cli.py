@@ -27,7 +27,7 @@ def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _summary(result: dict[str, Any]) -> str:
-    from bbn.metrics import percent, summary_lines
+    from bbn.engine.metrics import percent, summary_lines
 
     top, groups = summary_lines(result)
     lines = [top]
@@ -38,11 +38,11 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bbn import preemption
+    from bbn.engine import preemption
 
     # SIGTERM / SIGINT from here on stop the run at the next step, or as soon as it starts
     # training, with last.pt written: exit EXIT_PREEMPTED. A finished run exits 0.
-    from bbn.distributed import close_world, world_from_env
+    from bbn.engine.distributed import close_world, world_from_env
 
     try:
         with preemption.stop_requests():
@@ -64,7 +64,7 @@ def _warning_log(pending: list[str], skip: str = "\0") -> Callable[[str], None]:
 
 def _train(args: argparse.Namespace) -> int:
     from bbn.config import load_config
-    from bbn.runner import continue_run, resume_run, start_run
+    from bbn.tools.runner import continue_run, resume_run, start_run
 
     progress = not args.no_progress
     if args.resume and args.resume != "auto":
@@ -89,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bbn.evaluate import eval_command
+    from bbn.tools.evaluate import eval_command
 
     result = eval_command(args.target, args.device, args.branch)
     branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_import_reference(args: argparse.Namespace) -> int:
-    from bbn.convert import import_reference
+    from bbn.tools.convert import import_reference
 
     stray = [item for item in args.items if "=" not in item]
     if stray:
@@ -116,7 +116,7 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from bbn.predict import format_table, predict_command
+    from bbn.tools.predict import format_table, predict_command
 
     results = predict_command(args.target, args.images, args.topk, args.out, args.device)
     if args.out:
@@ -127,7 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bbn.export import export_model
+    from bbn.tools.export import export_model
 
     info = export_model(args.target, args.format, args.out)
     print(f"written: {info['out']} ({info['format']}, input {tuple(info['input_shape'])} with any batch size; "
@@ -149,8 +149,8 @@ def _labels(text: str | None, runs: Sequence[str]) -> list[str | None]:
 def cmd_analyze_weight_norms(args: argparse.Namespace) -> int:
     import torch
 
-    from bbn.analysis import RunNorms, classifier_weight_norms, weight_norm_paths, write_weight_norms
-    from bbn.evaluate import load_run
+    from bbn.tools.analysis import RunNorms, classifier_weight_norms, weight_norm_paths, write_weight_norms
+    from bbn.engine.evaluate import load_run
 
     png, md = weight_norm_paths(args.out)
     runs = []
@@ -175,7 +175,7 @@ def cmd_convert_inat(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from bbn.config import load_config
-    from bbn.data.longtail import shot_group, shot_groups
+    from bbn.engine.metrics import shot_group, shot_groups
     from bbn.data.prepare import prepare_data
 
     if args.items and args.items[0] == "convert-inat":
@@ -219,7 +219,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from bbn.reproduce import reproduce
+    from bbn.tools.reproduce import reproduce
 
     patterns = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
@@ -242,7 +242,7 @@ def _taus(text: str | None) -> list[float] | None:
 
 
 def cmd_study_retrain(args: argparse.Namespace) -> int:
-    from bbn.study import format_retrain, retrain_run
+    from bbn.tools.study import format_retrain, retrain_run
 
     result = retrain_run(args.run, args.rule, args.branch, args.epochs, _taus(args.taus), args.out)
     print(format_retrain(result))
@@ -253,7 +253,7 @@ def cmd_study_two_stage(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bbn.config import load_config
-    from bbn.study import two_stage
+    from bbn.tools.study import two_stage
 
     config, overrides = _split_args(args.items)
     pending: list[str] = []

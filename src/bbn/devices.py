@@ -43,3 +43,10 @@ def check_device(name: str) -> str:
         raise BBNError(f"device '{name}' is not available on this machine (available: {', '.join(available)}); "
                        "use one of those (train.device=NAME, or --device NAME for eval and predict)")
     return name
+
+
+def resolve_device(name: str) -> "torch.device":
+    """'auto' -> CUDA when present, else CPU; a device this machine lacks is a BBNError."""
+    import torch
+
+    return torch.device(check_device(name))

@@ -42,8 +42,7 @@ class Kind:
 
 def kinds(cfg: Config) -> list[Kind]:
     """The data source, model and method `cfg` chooses, each with its registry."""
-    from bbn.data import arrays, cifar, folder, inat, lists  # noqa: F401  (register the sources)
-    from bbn.data.sources import SOURCES
+    from bbn.data.catalog import SOURCES
     from bbn.methods import METHODS
     from bbn.models import MODELS
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from bbn.config import DataConfig
-from bbn.data.sources import IN_MEMORY_READS, SOURCES, LabeledImages, Splits
+from bbn.data.registry import IN_MEMORY_READS, SOURCES
+from bbn.data.sources import LabeledImages, Splits
 from bbn.errors import BBNError, first_line
 from bbn.registry import closest
 

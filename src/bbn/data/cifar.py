@@ -23,7 +23,8 @@ import torch
 
 from bbn.config import DataConfig
 from bbn.data.download import download_and_extract
-from bbn.data.sources import IN_MEMORY_READS, SOURCES, LabeledImages, Splits
+from bbn.data.registry import IN_MEMORY_READS, SOURCES
+from bbn.data.sources import LabeledImages, Splits
 from bbn.errors import BBNError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -18,7 +18,8 @@ import torch
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused
 from bbn.data.files import ImageFiles, PathTable
-from bbn.data.sources import FILE_READS, SOURCES, Splits, shuffled_per_class
+from bbn.data.registry import FILE_READS, SOURCES
+from bbn.data.sources import Splits, shuffled_per_class
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 

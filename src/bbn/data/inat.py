@@ -23,7 +23,8 @@ from typing import Any
 
 from bbn.config import DataConfig
 from bbn.data.annotations import check_unused, listed_files, resolve_file
-from bbn.data.sources import ANNOTATION_READS, SOURCES, Splits
+from bbn.data.registry import ANNOTATION_READS, SOURCES
+from bbn.data.sources import Splits
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError
 

@@ -1,4 +1,5 @@
-"""Long-tailed subsets (SPEC §4): exp / step profiles, class counts and shot groups."""
+"""Long-tailed subsets (SPEC §4): exp / step profiles and class counts (their shot groups:
+bbn.engine.metrics)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,6 @@ import torch
 
 from bbn.data.sources import LabeledImages, shuffled_per_class
 from bbn.errors import BBNError
-
-# Shot groups (OLTR / Decoupling convention): many > 100, medium 20..100, few < 20 images.
-MANY_SHOT_MIN = 101
-FEW_SHOT_MAX = 19
-SHOT_GROUPS = ("many", "medium", "few")
 
 
 def longtail_counts(n_max: float, num_classes: int, imbalance_ratio: float, profile: str) -> list[int]:
@@ -66,23 +62,6 @@ def first_per_class(data: LabeledImages, k: int) -> LabeledImages:
     """The first `k` images of each class, in the source's order (a smaller test set)."""
     keep = [torch.nonzero(data.labels == c).flatten()[:k] for c in range(data.num_classes)]
     return data.subset(torch.sort(torch.cat(keep)).values)
-
-
-def shot_group(count: int) -> str:
-    """'many' (> 100 training images), 'medium' (20..100) or 'few' (< 20)."""
-    if count >= MANY_SHOT_MIN:
-        return "many"
-    if count <= FEW_SHOT_MAX:
-        return "few"
-    return "medium"
-
-
-def shot_groups(counts: list[int]) -> dict[str, list[int]]:
-    """Class ids of each shot group, from training class counts."""
-    groups: dict[str, list[int]] = {g: [] for g in SHOT_GROUPS}
-    for c, n in enumerate(counts):
-        groups[shot_group(n)].append(c)
-    return groups
 
 
 def check_trainable(counts: list[int], class_names: list[str]) -> None:

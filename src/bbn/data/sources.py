@@ -2,19 +2,21 @@
 
 A source returns a train and a test split as uint8 image tensors (N, C, H, W), int64
 labels and class names, plus the normalisation statistics it is usually trained with.
+The sources register in `SOURCES` (bbn.data.registry, re-exported here); bbn.data.catalog
+imports them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from bbn.config import DataConfig
+from bbn.data.registry import SOURCES
 from bbn.errors import BBNError
-from bbn.registry import Registry
 
 if TYPE_CHECKING:
     from bbn.data.files import ImageFiles
@@ -104,58 +106,7 @@ def shuffled_per_class(labels: np.ndarray, num_classes: int, seed: int) -> list[
     return order
 
 
-SOURCES: Registry[Callable[[DataConfig], Splits]] = Registry("data source")
-
-# The data keys a source reads beyond the ones every source reads (data.source, profile,
-# imbalance_ratio, subset_seed, n_max, test_max_per_class, image_size): each source declares
-# them when it registers, so a key the chosen source would ignore is refused.
-IN_MEMORY_READS = frozenset({"augment.crop_padding"})  # the padded random crop of in-memory images
-FILE_READS = frozenset({"data.root", "data.resize_size", "data.workers", "data.strict"})  # decoded files
-ANNOTATION_READS = FILE_READS | {"data.train_file", "data.test_file"}  # files listed in annotation files
-
-
 def load_source(cfg: DataConfig) -> Splits:
-    """The train/test splits named by `cfg.source`."""
-    # CIFAR, the arrays and the file sources register themselves on import; imported here
-    # so the registry is complete.
-    from bbn.data import arrays, cifar, folder, inat, lists  # noqa: F401
-
+    """The train/test splits named by `cfg.source` (every source registered when bbn.data
+    was imported: bbn.data.catalog)."""
     return SOURCES.get(cfg.source)(cfg)
-
-
-# scikit-learn's digits: 1,797 8x8 images with values 0..16, about 180 per class.
-DIGITS_MEAN = (0.3053,)
-DIGITS_STD = (0.3759,)
-
-
-@SOURCES.register("digits", reads={"data.test_per_class", *IN_MEMORY_READS})
-def load_digits(cfg: DataConfig) -> Splits:
-    """scikit-learn's digits, shipped with the package: no download.
-
-    A seeded, balanced test split of `test_per_class` images per class is held out; the
-    rest is the training pool. Pixels are scaled from 0..16 to 0..255.
-    """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8)
-    images = torch.from_numpy(pixels).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    names = [str(n) for n in bunch.target_names]
-    counts = torch.bincount(labels, minlength=len(names))
-    if int(counts.min()) <= cfg.test_per_class:
-        raise BBNError(
-            f"data.test_per_class={cfg.test_per_class} leaves no training images for some digit "
-            f"class (smallest class has {int(counts.min())}); use a value below {int(counts.min())}"
-        )
-    test_idx = [int(i) for idx in shuffled_per_class(bunch.target, len(names), cfg.subset_seed)
-                for i in idx[: cfg.test_per_class]]
-    is_test = torch.zeros(len(labels), dtype=torch.bool)
-    is_test[torch.tensor(sorted(test_idx))] = True
-    everything = LabeledImages(images.contiguous(), labels, names)
-    return Splits(
-        train=everything.subset(torch.nonzero(~is_test).flatten()),
-        test=everything.subset(torch.nonzero(is_test).flatten()),
-        mean=DIGITS_MEAN,
-        std=DIGITS_STD,
-    )

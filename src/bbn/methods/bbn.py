@@ -59,8 +59,8 @@ class BBN(Method):
         alpha = self._alpha(generator)
         x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, generator)  # uniform sampler
         x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, generator)  # reversed sampler
-        f_c = model.features(x_c, "conventional")
-        f_r = model.features(x_r, "rebalancing")
+        f_c = model.features(x_c, "cb")
+        f_r = model.features(x_r, "rb")
         z = model.logits(f_c, f_r, alpha)
         loss = cumulative_loss(z, y_c, y_r, alpha)
         return StepResult(loss, cumulative_accuracy(z, y_c, y_r, alpha), len(y_c) + len(y_r))

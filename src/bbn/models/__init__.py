@@ -1,4 +1,5 @@
-"""Networks: a registry of name -> constructor(num_classes, in_channels)."""
+"""Networks: the registry of name -> constructor(num_classes, in_channels), filled here by
+importing every model file."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import torch.nn as nn
 
 from bbn.models.bilateral import BilateralModel
+from bbn.models import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets, first in the registry)
 from bbn.models.resnet50 import init_from_torchvision
-from bbn.models.resnet_cifar import MODELS
+from bbn.models.registry import MODELS
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3,

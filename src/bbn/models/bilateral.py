@@ -10,11 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-BRANCHES = ("conventional", "rebalancing")
-# The command line's short names of the branches (--branch cb|rb) and the paper's names of
-# each branch evaluated alone (W_c f_c + b, W_r f_r + b).
-BRANCH_KEYS = {"cb": "conventional", "rb": "rebalancing"}
-BRANCH_LABELS = {"cb": "BBN-CB", "rb": "BBN-RB"}
+from bbn.models.branches import BRANCHES
 
 
 class BilateralModel(nn.Module):
@@ -28,14 +24,14 @@ class BilateralModel(nn.Module):
         self.classifier = nn.Linear(2 * feature_dim, num_classes)
 
     def _block(self, branch: str) -> nn.Module:
-        if branch == "conventional":
+        if branch == "cb":
             return self.backbone.cb_block
-        if branch == "rebalancing":
+        if branch == "rb":
             return self.backbone.rb_block
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
     def features(self, x: torch.Tensor, branch: str) -> torch.Tensor:
-        """f_c (branch='conventional') or f_r ('rebalancing'): trunk, branch block, GAP."""
+        """f_c (branch='cb', the conventional branch) or f_r ('rb', re-balancing): trunk, branch block, GAP."""
         return self._block(branch)(self.backbone.trunk(x)).mean(dim=(2, 3))
 
     def features_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +61,7 @@ class BilateralModel(nn.Module):
 
     def branch_classifier(self, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, b) of one branch alone: (W_c, b) for BBN-CB, (W_r, b) for BBN-RB."""
-        return (self.W_c if branch == "conventional" else self.W_r), self.classifier.bias
+        return (self.W_c if branch == "cb" else self.W_r), self.classifier.bias
 
     def branch_logits(self, x: torch.Tensor, branch: str) -> torch.Tensor:
         """BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b) single-branch logits."""

@@ -25,7 +25,7 @@ from torchvision.models.resnet import Bottleneck
 
 from bbn.errors import BBNError, first_line
 from bbn.models.bilateral import BilateralModel
-from bbn.models.resnet_cifar import MODELS
+from bbn.models.registry import MODELS
 
 EXPANSION = Bottleneck.expansion  # 4
 STAGE_BLOCKS = (3, 4, 6, 3)

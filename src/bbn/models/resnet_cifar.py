@@ -12,16 +12,13 @@ Module names follow the reference layout (`backbone.layer3.0.conv1.weight`, ...)
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bbn.models.bilateral import BilateralModel
-from bbn.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+from bbn.models.registry import MODELS
 
 
 def kaiming_init(backbone: nn.Module) -> None:

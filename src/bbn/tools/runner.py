@@ -1,5 +1,5 @@
 """Start, continue or resume a run folder: the entry points of `bbn train` (one process or
-several under torchrun), on top of the training loop of bbn.train. Rank 0 holds the run
+several under torchrun), on top of the training loop of bbn.engine.train. Rank 0 holds the run
 folder's lock (RUN/.lock) from before its first write to the end; nothing here removes a
 file it did not write."""
 
@@ -9,15 +9,31 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from bbn.checkpoint import RESUMABLE_FORMATS, load_checkpoint
+from bbn.engine.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
-from bbn.distributed import World, broadcast_object, init_world
+from bbn.engine.distributed import World, broadcast_object, init_world
 from bbn.errors import BBNError
-from bbn.faults import fault_point
+from bbn.engine.faults import fault_point
 from bbn.models import num_params
-from bbn.runs import (RunDir, check_checkpoint_config, check_same_config, create_run_dir, default_run_path,
+from bbn.engine.runs import (RunDir, check_checkpoint_config, check_same_config, create_run_dir, default_run_path,
                       restart_in_place, stopped_run)
-from bbn.train import Session, build_session, fit, position, quiet_log, restore
+from bbn.engine.train import Session, build_session, fit, position, quiet_log, restore
+from bbn.tools.analysis import classifier_weight_norms
+from bbn.tools.evaluate import evaluate_branches
+from bbn.tools.report import write_report
+
+
+def report_run(s: Session, run: RunDir, final: dict[str, Any]) -> None:
+    """The finish hook of `bbn train`: add the classifier weight norms and, for BBN, each
+    branch evaluated alone to final.json's content, then write report.md and its plots."""
+    final["weight_norms"] = classifier_weight_norms(s.model)
+    with s.autocast():
+        branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
+    if branches is not None:
+        final["branches"] = branches
+    fault_point("finish.evaluated")
+    write_report(run.root, final, s.history, s.cfg.to_dict())
+    fault_point("finish.report_written")
 
 
 def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
@@ -49,13 +65,13 @@ def _on_rank0(world: World, make: Callable[[], RunDir], other: RunDir) -> RunDir
 def _fit_fresh(session: Session, run: RunDir, progress: bool, log, said: str) -> dict[str, Any]:
     """Train a locked run folder holding config.yaml and no last.pt from the start."""
     if not session.world.is_main:
-        return fit(session, run, progress, log)
+        return fit(session, run, progress, log, on_finish=report_run)
     log(f"{said}{run.root}  ({len(session.data.train)} training images, "
         f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
         f"device {session.device})")
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
-        return fit(session, run, progress, log)
+        return fit(session, run, progress, log, on_finish=report_run)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -107,7 +123,7 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
         where = position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
         log(f"resuming {run.root} {where}")
         with stopped_run(run, fresh=False):
-            return run, fit(session, run, progress, log)
+            return run, fit(session, run, progress, log, on_finish=report_run)
     finally:
         run.lock.release()
 

@@ -26,10 +26,10 @@ from bbn.config import Config
 from bbn.data.samplers import REBALANCE_SAMPLERS, UniformSampler, drawn_batches
 from bbn.errors import BBNError
 from bbn.losses import inverse_frequency_weights
-from bbn.metrics import classification_metrics
-from bbn.optim import set_lr
+from bbn.engine.metrics import classification_metrics
+from bbn.engine.optim import set_lr
 from bbn.registry import Registry
-from bbn.study.features import FrozenFeatures
+from bbn.tools.study.features import FrozenFeatures
 
 STAGE2_EPOCHS = 10  # Decoupling's cRT schedule
 STAGE2_MOMENTUM = 0.9

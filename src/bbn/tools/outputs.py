@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from bbn.errors import BBNError
-from bbn.runs import RunDir
+from bbn.engine.runs import RunDir
 
 _PICKLE_LIMIT = 16 << 20  # a checkpoint's pickle holds names and numbers only; its tensors are separate
 

@@ -21,10 +21,10 @@ from bbn.config import Config, build_config
 from bbn.errors import BBNError
 from bbn.figures import save_png
 from bbn.methods import METHODS
-from bbn.runs import RunDir, write_json
-from bbn.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
-from bbn.study.features import frozen_features, load_run
-from bbn.runner import continue_run
+from bbn.engine.runs import RunDir, write_json
+from bbn.tools.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
+from bbn.tools.study.features import frozen_features, load_run
+from bbn.tools.runner import continue_run
 
 MANNERS = ("ce", "rw", "rs")  # representation manners (rows) and classifier manners (columns)
 STAGE1_MODEL = "resnet32"

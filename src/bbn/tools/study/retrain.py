@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bbn.errors import BBNError
-from bbn.metrics import percent, summary_lines
-from bbn.runs import write_json
-from bbn.study.classifier import (CLASSIFIER_RULES, DEFAULT_TAUS, STAGE2_EPOCHS, Stage2, retrain_classifier,
+from bbn.engine.metrics import percent, summary_lines
+from bbn.engine.runs import write_json
+from bbn.tools.study.classifier import (CLASSIFIER_RULES, DEFAULT_TAUS, STAGE2_EPOCHS, Stage2, retrain_classifier,
                                   tau_norm)
-from bbn.study.features import frozen_features, load_run
+from bbn.tools.study.features import frozen_features, load_run
 
 FEATURE_NAMES = {None: "GAP feature f", "cb": "f_c (conventional branch)", "rb": "f_r (re-balancing branch)"}
 

@@ -13,12 +13,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from bbn.analysis import RunNorms, plot_weight_norms, weight_norm_table
-from bbn.data.longtail import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
+from bbn.tools.analysis import RunNorms, plot_weight_norms, weight_norm_table
+from bbn.engine.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_group
 from bbn.errors import BBNError
-from bbn.figures import save_png, write_text_file
-from bbn.metrics import percent
-from bbn.results import confusion_cells, dense_confusion
+from bbn.tools.figures import save_png, write_text_file
+from bbn.engine.metrics import percent
+from bbn.engine.results import confusion_cells, dense_confusion
 
 _GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
 _GROUP_RULES = {"many": f">{MANY_SHOT_MIN - 1} imgs", "few": f"<{FEW_SHOT_MAX + 1} imgs",

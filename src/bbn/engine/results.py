@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bbn.errors import BBNError
-from bbn.runs import write_text_atomically
+from bbn.engine.runs import write_text_atomically
 
 FORMAT = 2
 COO = "coo"

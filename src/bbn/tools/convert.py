@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbn.checkpoint import CHECKPOINT_FORMAT, nonfinite_entries, save_checkpoint
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, nonfinite_entries, save_checkpoint
 from bbn.config import Config, build_config, load_config
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
 from bbn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bbn.errors import BBNError, first_line
 from bbn.models import MODELS, create_model
 from bbn.models.resnet50 import ResNet50Backbone
-from bbn.outputs import check_out
-from bbn.predict import InputSpec
-from bbn.weights import MAX_IMPORT_CLASSES, check_num_classes, check_stored
+from bbn.tools.outputs import check_out
+from bbn.tools.predict import InputSpec
+from bbn.tools.weights import MAX_IMPORT_CLASSES, check_num_classes, check_stored
 
 try:  # NumPy 2 keeps it in numpy._core; files written under NumPy 1 name numpy.core
     from numpy._core.multiarray import scalar as _np_scalar
@@ -171,7 +171,7 @@ def import_reference(checkpoint: str | Path, out: str | Path, model_name: str | 
                      overrides: list[str] | tuple[str, ...] = (), class_names: str | Path | None = None,
                      ) -> dict[str, Any]:
     """Convert a reference checkpoint and write it to `out` as a bbn checkpoint (never over a
-    run's checkpoints or another bbn checkpoint: `bbn.outputs.check_out`); returns a
+    run's checkpoints or another bbn checkpoint: `bbn.tools.outputs.check_out`); returns a
     summary (model, classes, parameters, reference epoch and best result, data config)."""
 
     checkpoint, out = Path(checkpoint), check_out(out, inputs=[checkpoint])

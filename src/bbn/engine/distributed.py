@@ -68,7 +68,7 @@ def init_world(device_name: str) -> tuple[World, str]:
     """Join the process group torchrun set up and return this process's World and the device
     it trains on ('cuda:LOCAL_RANK' when CUDA is used). Gloo carries the small CPU tensors
     the ranks agree on (stop requests, counts); NCCL the CUDA gradients."""
-    from bbn.evaluate import resolve_device
+    from bbn.devices import resolve_device
 
     world = world_from_env()
     if not world.distributed:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bbn.errors import BBNError, first_line
-from bbn.faults import fault_point
+from bbn.engine.faults import fault_point
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
 # The state dict's own layout. 2: + Python/NumPy RNG states and `partial` (a mid-epoch

@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 
 from bbn.config import Config, build_config, load_config, parse_override, preset_names, read_config
 from bbn.errors import BBNError, quote
-from bbn.paper import METHOD_LABELS, method_label, paper_error
+from bbn.tools.paper import METHOD_LABELS, method_label, paper_error
 from bbn.readers import override_keys, unread_reason
-from bbn.runner import continue_run
-from bbn.runs import write_json
-from bbn.train import check_names
+from bbn.tools.runner import continue_run
+from bbn.engine.runs import write_json
+from bbn.engine.train import check_names
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
 

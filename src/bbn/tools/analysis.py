@@ -13,7 +13,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from bbn.errors import BBNError
-from bbn.figures import save_png
+from bbn.tools.figures import save_png
 from bbn.models.bilateral import BilateralModel
 
 _MAX_MARKERS = 50

@@ -10,7 +10,7 @@ from typing import BinaryIO, Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bbn.runs import publish
+from bbn.engine.runs import publish
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:

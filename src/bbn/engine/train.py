@@ -1,5 +1,5 @@
 """The training loop: epochs, SGD, the warm-up multi-step schedule, evaluation, checkpoints
-and metrics in the run folder (bbn.runner starts, continues and resumes runs). Nothing here
+and metrics in the run folder (bbn.tools.runner starts, continues and resumes runs). Nothing here
 is method-specific: the method gives the loss."""
 
 from __future__ import annotations
@@ -11,33 +11,32 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from bbn.analysis import classifier_weight_norms
-from bbn import preemption
-from bbn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from bbn.engine import preemption
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
-from bbn.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, check_batch,
+from bbn.engine.distributed import (SINGLE, World, agree, all_reduce_mean, all_reduce_sum, barrier, check_batch,
                              data_parallel, init_world, rank_generator, shard_batches)
 from bbn.errors import BBNError, Preempted
-from bbn.faults import fault_point
-from bbn.evaluate import evaluate, evaluate_branches, resolve_device
+from bbn.engine.faults import fault_point
+from bbn.devices import resolve_device
+from bbn.engine.evaluate import evaluate
 from bbn.methods import METHODS, Method
 from bbn.models import create_model, num_params
-from bbn.nonfinite import NonFiniteLoss, first_nonfinite, grads_finite
-from bbn.optim import build_optimizer, learning_rate, set_lr
-from bbn.report import write_report
-from bbn.speed import autocast, autocast_dtype, compile_model, memory_format
-from bbn.results import write_results
-from bbn.runs import RunDir, write_metrics
+from bbn.engine.nonfinite import NonFiniteLoss, first_nonfinite, grads_finite
+from bbn.engine.optim import build_optimizer, learning_rate, set_lr
+from bbn.engine.speed import autocast, autocast_dtype, compile_model, memory_format
+from bbn.engine.results import write_results
+from bbn.engine.runs import RunDir, write_metrics
 
 
 @dataclass
@@ -70,9 +69,8 @@ class Session:
 
 def check_names(cfg: Config) -> None:
     """Fail fast on an unknown source, model, method, adaptor or sampler name (no data read)."""
-    from bbn.data import arrays, cifar, folder, inat, lists  # noqa: F401  (register the sources)
+    from bbn.data.catalog import SOURCES
     from bbn.data.samplers import REBALANCE_SAMPLERS
-    from bbn.data.sources import SOURCES
     from bbn.methods.cumulative import ADAPTORS
     from bbn.models import MODELS
 
@@ -160,7 +158,7 @@ def train_epoch(s: Session, progress: bool, max_steps: int | None = None) -> dic
     s.model.train()
     steps = s.method.steps_per_epoch() if max_steps is None else min(max_steps, s.method.steps_per_epoch())
     # Several processes: each trains its share of the batches all draw alike, with its own
-    # per-step generator (bbn.distributed); one process: one generator for everything.
+    # per-step generator (bbn.engine.distributed); one process: one generator for everything.
     batches = s.train_set.plan_epoch(shard_batches(s.method.epoch_batches(s.generator), world), steps,
                                      rank_generator(cfg.seed, epoch, 0, world) if world.distributed else s.generator)
     loss_sum = torch.zeros((), device=s.device)
@@ -268,13 +266,20 @@ def position(s: Session) -> str:
     return f"after epoch {s.epoch}"
 
 
-def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, Any]:
+# Called by `finish` with the session, its run folder and final.json's content before
+# final.json is written: what the tools add (reports, analyses) without the engine knowing them.
+FinishHook = Callable[["Session", RunDir, dict[str, Any]], None]
+
+
+def fit(s: Session, run: RunDir, progress: bool = True, log=print,
+        on_finish: FinishHook | None = None) -> dict[str, Any]:
     """Train from `s.epoch` to the configured number of epochs, writing the run folder.
 
     SIGTERM / SIGINT stop it after the current step with last.pt written and `Preempted`
     raised; a non-finite loss (train.on_nonfinite=stop) ends it with a BBNError naming the
     step and the last good checkpoint. With several processes, rank 0 alone evaluates and
-    writes; the others train their shares and return {}.
+    writes; the others train their shares and return {}. `on_finish` (rank 0) may add to
+    final.json and write reports before final.json marks the run finished.
     """
     cfg, main = s.cfg, s.world.is_main
     if not main:
@@ -301,7 +306,7 @@ def fit(s: Session, run: RunDir, progress: bool = True, log=print) -> dict[str, 
                 name = signal.Signals(preemption.requested() or signal.SIGTERM).name
                 raise Preempted(f"stopped by {name} {stop}; wrote {run.last}; continue with "
                                 f"'bbn train --resume {run.root}'") from None
-            return finish(s, run)
+            return finish(s, run, on_finish)
     except NonFiniteLoss as exc:
         where = f"'{run.last}' ({saved})" if saved else "none (no checkpoint was written yet)"
         fix = "lower train.lr" + ("" if cfg.train.on_nonfinite == "skip" else
@@ -375,23 +380,18 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def finish(s: Session, run: RunDir) -> dict[str, Any]:
-    """final.json (last-epoch metrics plus the best epoch's top-1, the classifier weight
-    norms and, for BBN, each branch alone) and report.md; rank 0 alone ({} elsewhere)."""
+def finish(s: Session, run: RunDir, on_finish: FinishHook | None = None) -> dict[str, Any]:
+    """final.json (last-epoch metrics plus the best epoch's top-1, and what `on_finish` adds:
+    for `bbn train`, the classifier weight norms, each BBN branch alone and report.md);
+    rank 0 alone ({} elsewhere)."""
     if not s.world.is_main:
         return {}
     with s.autocast():
         final = evaluate(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
     final.update(best_top1=s.best_top1, best_epoch=s.best_epoch, class_counts=s.data.class_counts,
                  class_names=s.data.train.class_names, num_params=num_params(s.model),
-                 train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions(),
-                 weight_norms=classifier_weight_norms(s.model))
-    with s.autocast():
-        branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
-    if branches is not None:
-        final["branches"] = branches
-    fault_point("finish.evaluated")
-    write_report(run.root, final, s.history, s.cfg.to_dict())
-    fault_point("finish.report_written")
+                 train_s=s.train_s, epochs=s.epoch, seed=s.cfg.seed, versions=versions())
+    if on_finish is not None:
+        on_finish(s, run, final)
     write_results(run.final, final)  # last: final.json marks a finished run
     return final

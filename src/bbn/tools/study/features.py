@@ -19,11 +19,11 @@ import torch.nn as nn
 from bbn.config import Config
 from bbn.data.loader import DeviceImages, create_image_set
 from bbn.errors import BBNError
-from bbn.evaluate import infer, load_run as load_checkpoint_run
+from bbn.engine.evaluate import infer, load_run as load_checkpoint_run
 from bbn.models import BilateralModel
-from bbn.models.bilateral import BRANCH_KEYS
+from bbn.models.branches import BRANCHES
 from bbn.registry import closest
-from bbn.runs import RunDir
+from bbn.engine.runs import RunDir
 
 
 @dataclass
@@ -84,15 +84,15 @@ def load_run(path: str | Path) -> TrainedRun:
 
 
 def check_branch(model: nn.Module, branch: str | None) -> str | None:
-    """The model's branch name for `branch` ('cb', 'rb'); None for a plain model."""
+    """`branch` ('cb', 'rb') checked against the model; None for a plain model."""
     if isinstance(model, BilateralModel):
         if branch is None:
             raise BBNError("this run is a BBN model; choose its features with --branch cb (f_c) or rb (f_r)")
-        if branch not in BRANCH_KEYS:
-            hint = closest(branch, list(BRANCH_KEYS))
+        if branch not in BRANCHES:
+            hint = closest(branch, list(BRANCHES))
             fix = f"; did you mean '{hint}'?" if hint else ""
             raise BBNError(f"unknown branch '{branch}'; known: cb, rb{fix}")
-        return BRANCH_KEYS[branch]
+        return branch
     if branch is not None:
         raise BBNError(f"--branch {branch} needs a BBN model, but this run's model is plain; drop --branch")
     return None

@@ -26,16 +26,16 @@ import torch.nn as nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
 from bbn.data.transforms import ImageReadError, read_image
 from bbn.errors import BBNError
-from bbn.evaluate import checkpoint_file
+from bbn.engine.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
-from bbn.outputs import check_out, exported_format
-from bbn.runs import write_text_atomically
-from bbn.weights import check_num_classes, check_stored
+from bbn.tools.outputs import check_out, exported_format
+from bbn.engine.runs import write_text_atomically
+from bbn.tools.weights import check_num_classes, check_stored
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -252,7 +252,7 @@ def _csv_text(results: list[dict[str, Any]]) -> str:
 
 def check_output(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
     """`--out` must end in .csv or .json, be in an existing folder and not replace a run's
-    files, a bbn checkpoint or an input (`bbn.outputs.check_out`); checked before any work."""
+    files, a bbn checkpoint or an input (`bbn.tools.outputs.check_out`); checked before any work."""
     out = check_out(out, inputs)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise BBNError(f"--out '{out}' must end in .csv or .json; the extension picks the format")
@@ -275,7 +275,7 @@ def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Pre
 def predict_command(target: str | Path, images: Sequence[str | Path], topk: int = 5,
                     out: str | Path | None = None, device_name: str = "auto") -> list[dict[str, Any]]:
     """`bbn predict`: the top-k classes of every readable image; written to `out` when given."""
-    from bbn.evaluate import resolve_device
+    from bbn.devices import resolve_device
 
     if out is not None:
         check_output(out, [checkpoint_file(target), *images])

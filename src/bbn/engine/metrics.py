@@ -7,8 +7,29 @@ from typing import Any
 
 import torch
 
-from bbn.data.longtail import SHOT_GROUPS, shot_groups
-from bbn.results import sparse_confusion
+from bbn.engine.results import sparse_confusion
+
+# Shot groups (OLTR / Decoupling convention): many > 100, medium 20..100, few < 20 images.
+MANY_SHOT_MIN = 101
+FEW_SHOT_MAX = 19
+SHOT_GROUPS = ("many", "medium", "few")
+
+
+def shot_group(count: int) -> str:
+    """'many' (> 100 training images), 'medium' (20..100) or 'few' (< 20)."""
+    if count >= MANY_SHOT_MIN:
+        return "many"
+    if count <= FEW_SHOT_MAX:
+        return "few"
+    return "medium"
+
+
+def shot_groups(counts: list[int]) -> dict[str, list[int]]:
+    """Class ids of each shot group, from training class counts."""
+    groups: dict[str, list[int]] = {g: [] for g in SHOT_GROUPS}
+    for c, n in enumerate(counts):
+        groups[shot_group(n)].append(c)
+    return groups
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,7 +50,7 @@ def prediction_metrics(pred: torch.Tensor, top5_hit: torch.Tensor, labels: torch
     """Accuracies in percent from the predicted classes and the top-5 hits. Shot-group
     accuracy is the mean of its classes' accuracies (null when the group has no class, or
     none of its classes is in the test set). Memory is O(N + C): `confusion` holds only the
-    nonzero cells (bbn.results.sparse_confusion), never the C x C matrix."""
+    nonzero cells (bbn.engine.results.sparse_confusion), never the C x C matrix."""
     num_classes = len(train_counts)
     pred, labels = pred.long().cpu(), labels.long().cpu()
     hit = pred == labels

@@ -1,4 +1,4 @@
-"""Inference over a test set and `bbn eval RUN_OR_CHECKPOINT`."""
+"""Inference over a test set, and loading the model of a run folder or checkpoint."""
 
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from bbn.checkpoint import load_checkpoint
+from bbn.engine.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
-from bbn.devices import check_device
-from bbn.data.loader import DeviceImages, create_image_set
+from bbn.devices import resolve_device
+from bbn.data.loader import DeviceImages
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
 from bbn.errors import BBNError
-from bbn.metrics import classification_metrics
-from bbn.models import BilateralModel, create_model, num_params
-from bbn.models.bilateral import BRANCH_KEYS, BRANCH_LABELS
-from bbn.results import write_results
-from bbn.runs import RunDir
-from bbn.speed import autocast, autocast_dtype, memory_format
+from bbn.engine.metrics import classification_metrics
+from bbn.models import create_model
+from bbn.engine.runs import RunDir
 
 
 @torch.no_grad()
@@ -44,38 +41,9 @@ def predict(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[torc
     return infer(model, model, data, batch_size)
 
 
-# The single-branch models of the paper's analysis (SPEC §2, §7) -> the branch they keep.
-BRANCH_MODELS = {BRANCH_LABELS[k]: BRANCH_KEYS[k] for k in BRANCH_KEYS}
-
-
-def predict_branch(model: BilateralModel, data: DeviceImages, batch_size: int,
-                   name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of one branch alone: BBN-CB (W_c f_c + b) or BBN-RB (W_r f_r + b), and labels."""
-    branch = BRANCH_MODELS[name]
-    return infer(model, lambda x: model.branch_logits(x, branch), data, batch_size)
-
-
 def evaluate(model: nn.Module, data: DeviceImages, train_counts: list[int], batch_size: int) -> dict[str, Any]:
     logits, labels = predict(model, data, batch_size)
     return classification_metrics(logits, labels, train_counts)
-
-
-def evaluate_branches(model: nn.Module, data: DeviceImages, train_counts: list[int],
-                      batch_size: int) -> dict[str, dict[str, float | None]] | None:
-    """{"BBN-CB": {top1, many, medium, few}, "BBN-RB": {...}}: each branch of a bilateral
-    model evaluated alone; None for a model without branches."""
-    if not isinstance(model, BilateralModel):
-        return None
-    out = {}
-    for name in BRANCH_MODELS:
-        metrics = classification_metrics(*predict_branch(model, data, batch_size, name), train_counts)
-        out[name] = {key: metrics[key] for key in ("top1", "many", "medium", "few")}
-    return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; a device this machine lacks is a BBNError."""
-    return torch.device(check_device(name))
 
 
 def checkpoint_file(target: str | Path) -> Path:
@@ -132,35 +100,3 @@ def load_run(target: str | Path, device: torch.device | None = None) -> LoadedRu
                        "use a checkpoint written by bbn train with its own config") from None
     model.to(resolve_device(cfg.train.device) if device is None else device)
     return LoadedRun(model, payload, cfg, data, ckpt_path, run_root)
-
-
-# `bbn eval --branch`: all = the normal inference (alpha = 0.5), cb / rb = one branch alone.
-EVAL_BRANCHES = {"all": None, **BRANCH_LABELS}
-
-
-def eval_command(target: str | Path, device_name: str = "auto", branch: str = "all") -> dict[str, Any]:
-    """Evaluate a run's best checkpoint (or a given one) on its test set; write eval.json
-    (eval_cb.json / eval_rb.json for one branch alone, so no evaluation replaces another)."""
-    if branch not in EVAL_BRANCHES:
-        raise BBNError(f"unknown branch '{branch}'; use one of {', '.join(EVAL_BRANCHES)}")
-    device = resolve_device(device_name)
-    loaded = load_run(target, device)
-    model, data, cfg = loaded.model, loaded.data, loaded.cfg
-    name = EVAL_BRANCHES[branch]
-    if name is not None and not isinstance(model, BilateralModel):
-        raise BBNError(f"--branch {branch} needs a bilateral (BBN) model but '{loaded.checkpoint}' holds "
-                       f"{cfg.model.name}; use --branch all")
-    fmt = memory_format(cfg.train.channels_last)
-    model.to(memory_format=fmt)
-    test = create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test")
-    with autocast(device, autocast_dtype(cfg.train.precision, device)):  # as the run evaluated itself
-        if name is None:
-            result = evaluate(model, test, data.class_counts, cfg.train.eval_batch_size)
-        else:
-            logits, labels = predict_branch(model, test, cfg.train.eval_batch_size, name)
-            result = classification_metrics(logits, labels, data.class_counts)
-    result.update(checkpoint=str(loaded.checkpoint), epoch=loaded.payload.get("epoch"),
-                  branch=name or "all", class_counts=data.class_counts,
-                  class_names=data.train.class_names, num_params=num_params(model))
-    write_results(loaded.run_root / ("eval.json" if name is None else f"eval_{branch}.json"), result)
-    return result

@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 
 from bbn.errors import BBNError
-from bbn.evaluate import checkpoint_file
-from bbn.outputs import check_out
-from bbn.predict import Predictor, load_predictor
-from bbn.runs import publish
+from bbn.engine.evaluate import checkpoint_file
+from bbn.tools.outputs import check_out
+from bbn.tools.predict import Predictor, load_predictor
+from bbn.engine.runs import publish
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
@@ -103,7 +103,7 @@ def parity(model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], x: torch
 
 def export_model(target: str | Path, fmt: str, out: str | Path, seed: int = 0) -> dict[str, Any]:
     """Export the network of a run folder or checkpoint to `out` (never over a run's
-    checkpoints or a bbn checkpoint: `bbn.outputs.check_out`); returns the format, the
+    checkpoints or a bbn checkpoint: `bbn.tools.outputs.check_out`); returns the format, the
     file, the input shape and the parity check's max logit difference."""
     if fmt not in EXPORT_FORMATS:
         raise BBNError(f"unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")

@@ -1,0 +1,44 @@
+"""Every script in benchmarks/ still runs: each for one step (or its smallest size), never
+timed. A new script must be added to SMOKE, so none is skipped silently."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+# script -> the arguments of its smallest run ({tmp}: a folder of the test's own)
+SMOKE: dict[str, list[str]] = {
+    "ceiling.py": ["--smoke", "--steps", "1", "--warmup", "0"],
+    "demo_accuracy.py": ["--smoke", "--seeds", "1", "--out", "{tmp}"],
+    "file_throughput.py": ["--images", "16", "--side", "32", "--workers", "0", "--batch", "4", "--epochs", "1",
+                           "--device", "cpu"],
+    "kill_test.py": ["--smoke", "--kills", "1", "--terms", "0", "--seed", "0", "--out", "{tmp}"],
+    "one_pass.py": ["--steps", "1", "--repeats", "1", "--batch", "4"],
+    "profile_step.py": ["--steps", "1", "train.batch_size=8", "train.threads=1"],
+    "resnet50_step.py": ["--batch", "2", "--size", "32", "--steps", "1", "--device", "cpu"],
+    "throughput.py": ["--smoke", "--steps", "1", "--warmup", "0", "--threads", "1",
+                      "--variants", "reference,ours"],
+}
+
+
+def test_every_benchmark_script_has_a_smoke_run() -> None:
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(SMOKE)
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_runs(script: str, tmp_path: Path) -> None:
+    args = [a.replace("{tmp}", str(tmp_path / "out")) for a in SMOKE[script]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.strip(), result.stderr[-2000:]  # printed its table or figure
+    assert "failed" not in result.stdout, result.stdout[-2000:]

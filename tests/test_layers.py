@@ -1,0 +1,57 @@
+"""The layer contracts of pyproject.toml ([tool.importlinter]): the real package keeps them,
+and a planted forbidden import (a lower floor importing a higher one, a method importing
+data, the engine importing BBN's model, a cycle in data/) is refused by name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+
+pytestmark = pytest.mark.skipif(LINT is None, reason="import-linter is not installed (pip install -e '.[dev]')")
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    """lint-imports on the package under `root`/src with `root`/pyproject.toml's contracts."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    return subprocess.run([LINT, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def copy_of_package(tmp_path: Path) -> Path:
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "src" / "bbn", tmp_path / "src" / "bbn",
+                    ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    return tmp_path
+
+
+def test_the_package_keeps_its_layers() -> None:
+    result = lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module, planted, named", [
+    ("models/resnet_cifar.py", "import bbn.cli", "bbn.models.resnet_cifar -> bbn.cli"),
+    ("engine/train.py", "from bbn.tools.report import write_report", "bbn.engine.train -> bbn.tools.report"),
+    ("data/longtail.py", "from bbn.engine.metrics import shot_group", "bbn.data.longtail -> bbn.engine.metrics"),
+    ("methods/cumulative.py", "from bbn.data.samplers import UniformSampler",
+     "bbn.methods.cumulative -> bbn.data.samplers"),
+    ("engine/evaluate.py", "from bbn.models.bilateral import BilateralModel",
+     "bbn.engine.evaluate -> bbn.models.bilateral"),
+    # the old cycle of data/: sources.py importing the sources that import it back
+    ("data/sources.py", "from bbn.data import arrays", ".sources -> .arrays"),
+])
+def test_a_planted_forbidden_import_is_refused(tmp_path: Path, module: str, planted: str, named: str) -> None:
+    root = copy_of_package(tmp_path)
+    path = root / "src" / "bbn" / module
+    path.write_text(path.read_text() + f"\n{planted}  # planted by the test\n")
+    result = lint(root)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout and named in result.stdout, result.stdout
