@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from bbn.config import Config, build_config
 from bbn.errors import BBNError
-from bbn.figures import save_png
+from bbn.tools.figures import save_png
 from bbn.methods import METHODS
 from bbn.engine.runs import RunDir, write_json
 from bbn.tools.study.classifier import STAGE2_EPOCHS, Stage2, own_metrics, retrain_classifier
