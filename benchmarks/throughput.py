@@ -235,13 +235,23 @@ def run_reference(steps: int, warmup: int, device_name: str, workers: int = 2, s
 # --- driver ---------------------------------------------------------------------------
 
 
+class _ListQueue:
+    """The `put` of a queue, for a variant run in this process."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+
+
 def _child(name: str, steps: int, warmup: int, device: str, threads: int | None, queue: mp.Queue,
            smoke: bool = False) -> None:
     try:
         if threads:
             torch.set_num_threads(threads)
         if name == "reference":
-            out = run_reference(steps, warmup, device, smoke=smoke)
+            out = run_reference(steps, warmup, device, workers=0 if smoke else 2, smoke=smoke)
         else:
             out = run_ours(OURS[name], steps, warmup, device, smoke)
         queue.put((name, out))
@@ -251,6 +261,12 @@ def _child(name: str, steps: int, warmup: int, device: str, threads: int | None,
 
 def measure(name: str, steps: int, warmup: int, device: str, threads: int | None,
             smoke: bool = False) -> dict[str, Any]:
+    """One variant in a fresh process (so none inherits another's caches or threads); a
+    smoke run, whose figures mean nothing, runs it in this process."""
+    if smoke:
+        queue: Any = _ListQueue()
+        _child(name, steps, warmup, device, threads, queue, smoke)
+        return queue.items[0][1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(name, steps, warmup, device, threads, queue, smoke))

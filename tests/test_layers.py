@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
 
@@ -35,6 +40,18 @@ def test_the_package_keeps_its_layers() -> None:
     result = lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
+
+
+def test_every_module_of_the_package_stands_on_a_floor() -> None:
+    """A new top-level module or folder of bbn must be placed in the floors contract, or the
+    contract would not look at it."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    placed = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    package = ROOT / "src" / "bbn"
+    modules = {f"bbn.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    modules |= {f"bbn.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert modules - placed == set(), "place these in pyproject.toml's floors contract"
 
 
 @pytest.mark.parametrize("module, planted, named", [
