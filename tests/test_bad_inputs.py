@@ -353,10 +353,14 @@ def cifar_root(make: Callable[[Path], object]) -> Callable[[Env], list[str]]:
     return build
 
 
-def _predict_torchscript(env: Env) -> list[str]:
+def _torchscript(env: Env) -> Path:
     path = env.tmp / "model.ts"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
-    return ["predict", str(path), str(env.tmp)]
+    return path
+
+
+def _predict_torchscript(env: Env) -> list[str]:
+    return ["predict", str(_torchscript(env)), str(env.tmp)]
 
 
 # --- the matrix ----------------------------------------------------------------------------
@@ -619,6 +623,8 @@ CASES: list[Case] = [
          ("'backbone.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")),
     Case("predict-torchscript", "checkpoint", "bbn predict of a TorchScript export", "pass the run or checkpoint",
          _predict_torchscript, ("model.ts", "is an exported TorchScript model", "not a bbn checkpoint", "run folder")),
+    Case("eval-torchscript", "checkpoint", "bbn eval of a TorchScript export", "pass the run or checkpoint",
+         lambda e: ["eval", str(_torchscript(e))], ("model.ts", "is an exported TorchScript model", "run folder")),
     Case("predict-zero-classes", "checkpoint", "predict with a checkpoint whose classifier has 0 classes",
          "use a trained model's checkpoint", _zero_class_predict, ("zero.pt", "0 classes", "not a trained classifier")),
 ]

@@ -145,7 +145,7 @@ def test_export_never_replaces_a_runs_files_a_checkpoint_or_its_input(
     assert snapshot(tmp_path).items() >= before.items()
 
 
-def test_predict_and_export_on_an_exported_model_say_what_it_is(
+def test_commands_given_an_exported_model_say_what_it_is(
         checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Not "corrupt, start the run again" with torch's text cut mid-word: the file is an export,
     and predict wants the run or checkpoint it came from."""
@@ -162,5 +162,9 @@ def test_predict_and_export_on_an_exported_model_say_what_it_is(
                                 "not a bbn checkpoint", "run folder")
         assert "corrupt" not in line and "start the run again" not in line
         assert_bad_input(["export", str(out), "--format", "torchscript", "--out", str(tmp_path / "again.ts")], capsys,
+                         f"is an exported {kind} model")
+        # every command that loads a checkpoint says the same (the check lives in load_checkpoint)
+        assert_bad_input(["eval", str(out)], capsys, f"is an exported {kind} model", "not a bbn checkpoint")
+        assert_bad_input(["analyze", "weight-norms", str(out), "--out", str(tmp_path / "norms.png")], capsys,
                          f"is an exported {kind} model")
     assert not (tmp_path / "again.ts").exists()

@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,6 +164,26 @@ def _warn(message: str) -> None:
     print(f"bbn: warning: {message}", file=sys.stderr)
 
 
+def exported_format(path: Path) -> str | None:
+    """"TorchScript" or "ONNX" when `path` is such a model file (as `bbn export` writes),
+    else None; judged from the file's structure, nothing is loaded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            return "TorchScript" if any(n.endswith("/constants.pkl") or "/code/" in n for n in names) else None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    # ONNX's ModelProto starts with field 1 (ir_version, a varint), then another field of it
+    if len(head) < 3 or head[0] != 0x08:
+        return None
+    end = next((i for i in range(1, min(len(head), 11)) if head[i] < 0x80), None)
+    tag = head[end + 1] if end is not None and end + 1 < len(head) else 0
+    return "ONNX" if tag & 7 == 2 and 2 <= tag >> 3 <= 20 else None
+
+
 def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
     """A checkpoint written by `save_checkpoint`, loaded without unpickling arbitrary objects.
 
@@ -177,6 +198,11 @@ def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> di
     except CorruptCheckpoint as exc:
         prev = previous_path(path)
         if not prev.is_file():
+            kind = exported_format(path)
+            if kind is not None:
+                raise BBNError(f"'{path}' is an exported {kind} model (bbn export), not a bbn checkpoint; pass "
+                               "the run folder or the bbn checkpoint (.pt from bbn train or bbn import-reference) "
+                               "it was exported from") from None
             raise BBNError(f"{exc}; it is corrupt or not a bbn checkpoint; use a checkpoint written by "
                            "bbn train, or start the run again") from None
         try:

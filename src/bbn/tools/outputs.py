@@ -37,26 +37,6 @@ def is_bbn_checkpoint(path: Path) -> bool:
     return b"bbn_checkpoint" in data or (b"config" in data and b"model" in data and b"format" in data)
 
 
-def exported_format(path: Path) -> str | None:
-    """"TorchScript" or "ONNX" when `path` is such a model file (as `bbn export` writes),
-    else None; judged from the file's structure, nothing is loaded."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-            return "TorchScript" if any(n.endswith("/constants.pkl") or "/code/" in n for n in names) else None
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return None
-    # ONNX's ModelProto starts with field 1 (ir_version, a varint), then another field of it
-    if len(head) < 3 or head[0] != 0x08:
-        return None
-    end = next((i for i in range(1, min(len(head), 11)) if head[i] < 0x80), None)
-    tag = head[end + 1] if end is not None and end + 1 < len(head) else 0
-    return "ONNX" if tag & 7 == 2 and 2 <= tag >> 3 <= 20 else None
-
-
 def _run_of_checkpoints(folder: Path) -> Path | None:
     """The run folder whose checkpoints/ folder `folder` is (or lies in), else None."""
     for parent in (folder, *folder.parents):

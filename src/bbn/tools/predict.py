@@ -33,7 +33,7 @@ from bbn.errors import BBNError
 from bbn.engine.evaluate import checkpoint_file
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
-from bbn.tools.outputs import check_out, exported_format
+from bbn.tools.outputs import check_out
 from bbn.engine.runs import write_text_atomically
 from bbn.tools.weights import check_num_classes, check_stored
 
@@ -148,10 +148,6 @@ def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str
 def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
     """The predictor of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
     path = checkpoint_file(target)
-    kind = exported_format(path)
-    if kind is not None:
-        raise BBNError(f"'{path}' is an exported {kind} model (bbn export), not a bbn checkpoint; pass the run "
-                       "folder or the bbn checkpoint (.pt from bbn train or bbn import-reference) it was exported from")
     payload = load_checkpoint(path)
     cfg = build_config(payload["config"])
     model = model_from_checkpoint(payload, cfg, path)
