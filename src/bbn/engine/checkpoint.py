@@ -19,7 +19,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ import torch
 
 from bbn.errors import BBNError, first_line
 from bbn.engine.faults import fault_point
+from bbn.engine.runs import write_atomically
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
 # The state dict's own layout. 2: + Python/NumPy RNG states and `partial` (a mid-epoch
@@ -70,19 +70,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(file)` into a temporary file beside `path`, fsync it, rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("checkpoint.temp_written")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _rename_checkpoint(tmp: Path, path: Path) -> None:
+    """The new checkpoint, whole and fsynced in `tmp`, replaces `path` (private permissions kept)."""
+    fault_point("checkpoint.temp_written")
+    os.replace(tmp, path)
 
 
 def _keep_as_previous(path: Path) -> None:
@@ -93,7 +84,7 @@ def _keep_as_previous(path: Path) -> None:
     try:
         os.link(path, tmp)
     except OSError:  # no hard links on this file system
-        _write_atomically(prev, lambda f: f.write(path.read_bytes()))
+        write_atomically(prev, lambda f: f.write(path.read_bytes()), _rename_checkpoint)
         return
     try:
         os.replace(tmp, prev)
@@ -131,7 +122,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
         else:
             _keep_as_previous(path)
             fault_point("checkpoint.previous_kept")
-    _write_atomically(path, lambda f: torch.save(container, f))
+    write_atomically(path, lambda f: torch.save(container, f), _rename_checkpoint)
     _fsync_dir(path.parent)
 
 

@@ -9,10 +9,11 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from bbn.config import Config, build_config, read_yaml, save_config
 from bbn.errors import BBNError
@@ -208,6 +209,26 @@ def publish(tmp: Path, out: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, out)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None],
+                     rename: Callable[[Path, Path], None] = publish) -> Path:
+    """`write(f)` into a temporary file beside `path`, fsync it, then `rename(tmp, path)`
+    (default `publish`). A failure (a full disk, say) leaves the old file, or none, and no
+    temporary file."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bbn.engine.runs import publish
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """`write(f)` into a temporary file in `path`'s folder, fsync it and rename it over
-    `path`. A failure (a full disk, say) leaves the old file, or none, and no temporary file."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+from bbn.engine.runs import write_atomically
 
 
 def save_png(fig: Figure, path: Path, dpi: int = 100) -> Path:
