@@ -7,7 +7,7 @@ DataLoader workers, on JPEGs this benchmark writes itself.
 It writes `--images` random-texture JPEGs (quality 90, `--side` x 3/4 side pixels, about
 iNaturalist's size after its 800-pixel cap) into a temporary image folder of 8 classes, then
 for each worker count plans epochs of `--batch`-image uniform batches through
-`FileImages` exactly as `bbn train` does (plan_epoch + train_batch: decode,
+`FileImages` exactly as `bbn train` does (train_batches: decode,
 RandomResizedCrop 224 + flip, collation, transfer, normalisation) and reads the test
 split through `eval_batches` (resize 256 + center crop 224). One epoch is run untimed first
 (worker start-up), then `--epochs` are timed. No model runs: this is the rate the data path
@@ -68,10 +68,9 @@ def measure(root: Path, workers: int, batch: int, epochs: int, device: str, test
 
     def epoch() -> int:
         perm = torch.randperm(len(data.train), generator=generator)
-        batches = list(perm[: steps * batch].split(batch))
+        planned = [[(idx, k)] for k, idx in enumerate(perm[: steps * batch].split(batch))]
         seen = 0
-        for idx in train.plan_epoch(iter(batches), None, generator):
-            x, y = train.train_batch(idx, 0, True, generator)
+        for (x, y), in train.train_batches(planned):
             seen += len(y)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

@@ -10,9 +10,10 @@ import argparse
 
 from torch.profiler import ProfilerActivity, profile
 
-from throughput import synthetic_session
+from throughput import synthetic_trainer
 
 from bbn.config import load_config
+from bbn.engine.session import TrainState
 from bbn.engine.train import train_epoch
 
 
@@ -22,11 +23,10 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides on cifar10_ir100_bbn")
     args = parser.parse_args()
     cfg = load_config("cifar10_ir100_bbn", ["train.tensorboard=false", "train.device=cpu", *args.overrides])
-    s = synthetic_session(cfg)
-    train_epoch(s, progress=False, max_steps=2)
-    s.epoch = 0
+    s = synthetic_trainer(cfg)
+    train_epoch(s, TrainState(), progress=False, max_steps=2)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_epoch(s, progress=False, max_steps=args.steps)
+        train_epoch(s, TrainState(), progress=False, max_steps=args.steps)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 

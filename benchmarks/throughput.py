@@ -43,9 +43,11 @@ from bbn.devices import resolve_device
 from bbn.engine.evaluate import evaluate
 from bbn.methods import METHODS
 from bbn.models import create_model
+from bbn.engine.distributed import SINGLE
 from bbn.engine.optim import build_optimizer
+from bbn.engine.session import Trainer, TrainState
 from bbn.engine.speed import autocast_dtype, compile_model, memory_format
-from bbn.engine.train import Session, train_epoch, versions
+from bbn.engine.train import train_epoch, versions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TEST_IMAGES = 10_000
@@ -96,8 +98,8 @@ def _sync(device: torch.device) -> None:
 # --- this package's trainer -------------------------------------------------------------
 
 
-def synthetic_session(cfg: Config, smoke: bool = False) -> Session:
-    """A training session of `cfg` on the synthetic CIFAR-10-LT set, with the trainer's
+def synthetic_trainer(cfg: Config, smoke: bool = False) -> Trainer:
+    """The components of a run of `cfg` on the synthetic CIFAR-10-LT set, with the trainer's
     speed switches applied as `bbn train` applies them."""
     train, test = synthetic_cifar_lt(smoke=smoke)
     device = resolve_device(cfg.train.device)
@@ -106,25 +108,25 @@ def synthetic_session(cfg: Config, smoke: bool = False) -> Session:
     model = create_model(cfg.model.name, 10, 3).to(device=device, memory_format=fmt)
     if cfg.train.compile:
         compile_model(model)
-    return Session(cfg=cfg, device=device, data=Splits(train, test, CIFAR_MEAN, CIFAR_STD), model=model,
-                   method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
-                   optimizer=build_optimizer(model, cfg.train), generator=torch.Generator().manual_seed(0),
-                   train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt),
+    aug = cfg.augment
+    return Trainer(cfg=cfg, device=device, world=SINGLE, data=Splits(train, test, CIFAR_MEAN, CIFAR_STD),
+                   model=model, method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
+                   optimizer=build_optimizer(model, cfg.train),
+                   train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt, aug.crop_padding, aug.flip),
                    test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
-                   amp_dtype=autocast_dtype(cfg.train.precision, device))
+                   step=SINGLE.step_module(model, False, device), amp_dtype=autocast_dtype(cfg.train.precision, device))
 
 
 def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str, smoke: bool = False) -> dict[str, Any]:
     cfg = load_config("cifar10_ir100_bbn", [*overrides, f"train.device={device_name}", "train.tensorboard=false",
                                             *(SMOKE_OVERRIDES if smoke else [])])
-    s = synthetic_session(cfg, smoke)
+    s = synthetic_trainer(cfg, smoke)
     device, data, method = s.device, s.data, s.method
     if warmup:
-        train_epoch(s, progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
-    s.epoch = 0
+        train_epoch(s, TrainState(), progress=False, max_steps=warmup)  # compilation, allocator and cache warm-up
     _sync(device)
     start = time.perf_counter()
-    row = train_epoch(s, progress=False, max_steps=steps)
+    row = train_epoch(s, TrainState(), progress=False, max_steps=steps)
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
     start = time.perf_counter()

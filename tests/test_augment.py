@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bbn.config import build_config
 from bbn.data.augment import Normalize, random_crop_flip
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
-from bbn.data.loader import DeviceImages
+from bbn.data.loader import DeviceImages, create_image_set
 from bbn.data.sources import LabeledImages
 
 
@@ -179,25 +180,65 @@ def reference_normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def test_train_batch_without_augmentation(dataset: LabeledImages) -> None:
+def test_gather_without_augmentation(dataset: LabeledImages) -> None:
     dev = DeviceImages.create(dataset, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))
+    assert (dev.padding, dev.flip) == (0, False)  # no augmentation unless asked
     assert len(dev) == 50
     idx = torch.tensor([3, 0, 49, 3, 17])
-    x, y = dev.train_batch(idx, 0, False, gen(0))
+    g = gen(0)
+    before = g.get_state()
+    x, y = dev.gather(idx, g)
     assert x.dtype == torch.float32 and x.shape == (5, 3, 8, 8)
     torch.testing.assert_close(x, reference_normalise(dataset.images[idx]), rtol=0, atol=1e-5)
     assert torch.equal(y, dataset.labels[idx])
+    assert torch.equal(g.get_state(), before)  # nothing to draw
 
 
-def test_train_batch_with_augmentation(dataset: LabeledImages) -> None:
-    dev = DeviceImages.create(dataset, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))
+def test_gather_with_augmentation(dataset: LabeledImages) -> None:
+    dev = DeviceImages.create(dataset, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"), padding=2, flip=True)
     idx = torch.arange(49, -1, -1)
-    x, y = dev.train_batch(idx, 2, True, gen(1))
+    g = gen(1)
+    x, y = dev.gather(idx, g)
     assert torch.equal(y, dataset.labels[idx])
-    # same as augmenting the gathered uint8 images then normalising
-    expected = reference_normalise(random_crop_flip(dataset.images[idx], 2, True, gen(1)))
+    # same as augmenting the gathered uint8 images then normalising, drawing from the generator
+    replay = gen(1)
+    expected = reference_normalise(random_crop_flip(dataset.images[idx], 2, True, replay))
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+    assert torch.equal(g.get_state(), replay.get_state())  # exactly the crop and flip draws
     assert not torch.allclose(x, reference_normalise(dataset.images[idx]))
+    # the same generator state gives the same images, another one other crops
+    assert torch.equal(dev.gather(idx, gen(1))[0], x)
+    assert not torch.equal(dev.gather(idx, gen(2))[0], x)
+
+
+def test_train_batches_augment_each_stream_from_its_own_seed(dataset: LabeledImages) -> None:
+    dev = DeviceImages.create(dataset, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"), padding=2, flip=True)
+    a, b, c = torch.arange(0, 8), torch.arange(8, 16), torch.arange(49, 41, -1)
+    steps = [[(a, 11), (b, 12)], [(c, 13)], [(a, 14), (a, 14)]]
+    out = list(dev.train_batches(steps))
+    assert [len(streams) for streams in out] == [2, 1, 2]  # per step, one (x, y) per stream
+    for step, streams in zip(steps, out):
+        for (idx, seed), (x, y) in zip(step, streams):
+            want_x, want_y = dev.gather(idx, gen(seed))
+            assert torch.equal(x, want_x) and torch.equal(y, want_y)
+            assert torch.equal(y, dataset.labels[idx])
+    # a stream's images depend on its own seed alone, not on the streams or steps before it
+    assert torch.equal(out[2][0][0], out[2][1][0])
+    assert torch.equal(next(iter(dev.train_batches([[(b, 12)]])))[0][0], out[0][1][0])
+    assert not torch.equal(out[2][0][0], out[0][0][0])  # a, another seed: other crops
+
+
+def test_image_set_takes_the_configured_augmentation(dataset: LabeledImages) -> None:
+    cfg = build_config({}, ["augment.crop_padding=3", "augment.flip=false"])
+    dev = create_image_set(dataset, cfg, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))
+    assert isinstance(dev, DeviceImages) and (dev.padding, dev.flip) == (3, False)
+    idx = torch.arange(50)
+    x, _ = dev.gather(idx, gen(4))
+    expected = reference_normalise(random_crop_flip(dataset.images[idx], 3, False, gen(4)))
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+    cfg = build_config({}, ["augment.crop_padding=0", "augment.flip=true"])
+    dev = create_image_set(dataset, cfg, CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))
+    assert (dev.padding, dev.flip) == (0, True)
 
 
 def test_eval_batches_in_order_without_augmentation(dataset: LabeledImages) -> None:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from scipy import stats
 
 from bbn.config import build_config, load_config
-from bbn.data.samplers import UniformSampler
 from bbn.errors import BBNError
 from bbn.losses import (
     class_balanced_focal_loss,
@@ -22,10 +21,11 @@ from bbn.losses import (
     ldam_margins,
     weighted_cross_entropy,
 )
-from bbn.methods import METHODS
+from bbn.methods import METHODS, StepContext
 from bbn.methods.single import defer_epoch
 from bbn.models import MODELS, create_model, num_params
-from test_methods import COUNTS, clone, make, tiny_cfg, tiny_images
+from bbn.samplers import UniformSampler
+from test_methods import COUNTS, aug_gen, clone, first_step, gather, make, tiny_cfg, tiny_images
 
 BASELINES = ["rw", "rs", "focal", "cb_focal", "ce_drw", "ce_drs", "ldam_drw"]
 
@@ -168,10 +168,10 @@ def test_drw_reweights_from_the_epoch_after_defer(name: str, model: str, epochs:
     rows = Z if name == "ce_drw" else [[30 * (v - (m[k] if j == k else 0.0)) for j, v in enumerate(r)]
                                         for r, k in zip(Z, Y)]
     terms = ce_terms(rows)
-    method.start_epoch(defer, torch.Generator())
-    assert float(method.loss(z, y)) == pytest.approx(sum(terms) / 3, rel=1e-5)
-    method.start_epoch(defer + 1, torch.Generator())
-    assert float(method.loss(z, y)) == pytest.approx(weighted_mean(terms, cb), rel=1e-5)
+    assert float(method.loss(z, y, defer)) == pytest.approx(sum(terms) / 3, rel=1e-5)
+    assert float(method.loss(z, y, defer + 1)) == pytest.approx(weighted_mean(terms, cb), rel=1e-5)
+    # the epoch is an argument, not a state: asking for an earlier one again gives its loss again
+    assert float(method.loss(z, y, 1)) == pytest.approx(sum(terms) / 3, rel=1e-5)
 
 
 @pytest.mark.parametrize("epochs, defer", [(200, 160), (60, 48)])
@@ -180,13 +180,12 @@ def test_drs_resamples_from_the_epoch_after_defer(epochs: int, defer: int) -> No
     names = [method.sampler(e) for e in (1, defer, defer + 1, epochs)]
     assert names == ["uniform", "uniform", "balanced", "balanced"]
     g = torch.Generator().manual_seed(0)
-    method.start_epoch(defer, g)
-    seen = torch.cat(list(method.epoch_batches(g)))
+    seen = torch.cat([idx for (idx,) in method.plan(defer, g)])
     assert len(set(seen.tolist())) == len(seen)  # each image at most once: the uniform sampler
     # plain CE in both phases
     z, y = zy()
-    method.start_epoch(defer + 1, g)
-    assert float(method.loss(z.float(), y)) == pytest.approx(sum(ce_terms(Z)) / 3, rel=1e-5)
+    for epoch in (defer, defer + 1):
+        assert float(method.loss(z.float(), y, epoch)) == pytest.approx(sum(ce_terms(Z)) / 3, rel=1e-5)
 
 
 BIG_COUNTS = [200, 60, 20, 5]
@@ -211,9 +210,10 @@ def test_resampled_batches_are_class_balanced(name: str, epoch: int, drop_last: 
     g = torch.Generator().manual_seed(11)
     drawn = []
     for _ in range(20):
-        method.start_epoch(epoch, g)
-        batches = list(method.epoch_batches(g))
-        assert len(batches) == method.steps_per_epoch() == len(uniform)  # 17 or 18 steps
+        plan = method.plan(epoch, g)
+        assert len(plan) == method.steps_per_epoch() == len(uniform)  # 17 or 18 steps
+        assert all(len(step) == 1 for step in plan)  # one stream
+        batches = [idx for (idx,) in plan]
         assert all(len(b) == 16 for b in batches)
         drawn.append(torch.cat(batches))
     observed = torch.bincount(labels[torch.cat(drawn)], minlength=4)
@@ -304,17 +304,21 @@ DEFERRED = ("ce_drw", "ce_drs", "ldam_drw")
 @pytest.mark.parametrize("name, epoch", [(n, 1) for n in BASELINES] + [(n, 9) for n in DEFERRED])
 def test_one_step_of_each_baseline(name: str, epoch: int) -> None:
     method, model, data = make(name, "resnet32_cosine" if name == "ldam_drw" else "resnet32")
-    assert method.start_epoch(epoch, torch.Generator()) == {"alpha": None}
-    g = torch.Generator().manual_seed(3)
-    batch = next(iter(method.epoch_batches(g)))
+    assert method.logged(epoch) == {"alpha": None}
+    (idx,) = step = first_step(method, epoch, torch.Generator().manual_seed(3))
+    batch = gather(data, step)
+    g = torch.Generator().manual_seed(13)
     replay = clone(g)
-    out = method.step(model, data, batch, g)
+    out = method.step(model, batch, StepContext(epoch, 1, g))
+    assert torch.equal(g.get_state(), replay.get_state())  # these steps draw nothing
     assert out.loss.shape == () and math.isfinite(out.loss.item()) and out.loss.item() > 0
-    assert out.images == len(batch)
-    aug = method.cfg.augment
-    x, y = data.train_batch(batch, aug.crop_padding, aug.flip, replay)
+    assert out.images == len(idx)
+    x, y = data.gather(idx, aug_gen(0))
+    assert torch.equal(x, batch.x_c) and torch.equal(y, data.labels[idx])
     with torch.no_grad():
-        assert float(method.loss(model(x), y)) == pytest.approx(out.loss.item(), rel=1e-5)
+        assert float(method.loss(model(x), y, epoch)) == pytest.approx(out.loss.item(), rel=1e-5)
+        if name in ("ce_drw", "ldam_drw") and epoch == 9:  # the step took the context's epoch, weighted
+            assert float(method.loss(model(x), y, 1)) != pytest.approx(out.loss.item(), rel=1e-3)
     out.loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(gr is not None and bool(torch.isfinite(gr).all()) for gr in grads)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from bbn.engine.checkpoint import (FILE_FORMAT, load_checkpoint, nonfinite_entries, previous_path, rng_states,
-                            save_checkpoint, set_rng_states)
+from bbn.engine.checkpoint import (FILE_FORMAT, load_checkpoint, nonfinite_entries, previous_path,
+                            save_checkpoint)
 from bbn.errors import BBNError
 
 
@@ -159,12 +157,3 @@ def test_a_crash_while_writing_leaves_the_old_file(tmp_path: Path, monkeypatch: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
 
 
-def test_rng_states_round_trip(tmp_path: Path) -> None:
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    np.random.normal()  # leaves a cached gaussian in NumPy's state
-    path = tmp_path / "rng.pt"
-    save_checkpoint({"model": {}, "config": {}, **rng_states()}, path)
-    first = (random.random(), np.random.normal(), torch.rand(2))
-    set_rng_states(load_checkpoint(path))
-    again = (random.random(), np.random.normal(), torch.rand(2))
-    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])

@@ -21,7 +21,7 @@ from bbn.config import (
 from bbn.errors import BBNError
 from bbn.methods import METHODS
 from bbn.methods.cumulative import ADAPTORS
-from bbn.data.samplers import REBALANCE_SAMPLERS
+from bbn.samplers import REBALANCE_SAMPLERS
 from bbn.models import MODELS
 
 CIFAR_PRESETS = [f"{ds}_ir{ir}_{m}" for ds in ("cifar10", "cifar100") for ir in (10, 50, 100)
@@ -445,7 +445,7 @@ def test_a_config_file_over_the_size_cap_is_refused_before_reading(tmp_path: Pat
     "x" * 100_000,
 ])
 def test_an_error_line_stays_short_whatever_the_value(override: str) -> None:
-    from bbn.engine.train import check_names
+    from bbn.engine.session import check_names
 
     with pytest.raises(BBNError) as info:
         check_names(load_config("digits_bbn", [override]))

@@ -19,10 +19,9 @@ from kill_harness import without_timing
 from bbn.engine.checkpoint import load_checkpoint
 from bbn.cli import main
 from bbn.config import load_config
-from bbn.engine.distributed import (SINGLE, World, check_batch, data_parallel, rank_generator, shard, shard_batches,
-                             world_from_env)
+from bbn.engine.distributed import SINGLE, World, check_batch, world_from_env
 from bbn.errors import EXIT_PREEMPTED, BBNError
-from bbn.methods import METHODS
+from bbn.methods import METHODS, Batch, StepContext
 from bbn.engine.runs import RunDir, read_metrics
 from bbn.tools.runner import start_run
 
@@ -54,30 +53,29 @@ def test_ranks_see_disjoint_shares_that_make_up_the_single_process_epoch(size, m
     cfg = load_config("digits_bbn", [f"method.name={method}", f"train.batch_size={6 * size}",
                                      "train.drop_last=false"])
     m = METHODS.get(method)(cfg, labels, 4)
-    whole = list(m.epoch_batches(torch.Generator().manual_seed(5)))
-    shares = [list(shard_batches(m.epoch_batches(torch.Generator().manual_seed(5)), World(r, size)))
-              for r in range(size)]
+    whole = m.plan(1, torch.Generator().manual_seed(5))
+    shares = [[World(r, size).shard(b) for b in m.plan(1, torch.Generator().manual_seed(5))] for r in range(size)]
     for step, batch in enumerate(whole):
         parts = [shares[r][step] for r in range(size)]
-        for k, full in enumerate(batch if isinstance(batch, tuple) else (batch,)):
-            pieces = [p[k] if isinstance(p, tuple) else p for p in parts]
+        assert all(len(p) == len(batch) for p in parts)  # every stream on every rank
+        for k, full in enumerate(batch):
+            pieces = [p[k] for p in parts]
             assert torch.equal(torch.cat(pieces), full)  # together: the single-process batch
             assert max(len(p) for p in pieces) - min(len(p) for p in pieces) <= 1
     if method != "rs":  # the uniform sampler: each image once per epoch, on exactly one rank
-        seen = torch.cat([b[0] if isinstance(b, tuple) else b for r in range(size) for b in shares[r]])
+        seen = torch.cat([b[0] for r in range(size) for b in shares[r]])
         assert sorted(seen.tolist()) == list(range(len(labels)))
 
 
-def test_single_process_shard_is_the_batch():
+def test_single_process_collectives_are_the_identity():
     batch = (torch.arange(8), torch.arange(8, 16))
-    assert shard(batch, SINGLE) is batch
-
-
-def test_rank_generators_differ_by_rank_epoch_and_step_and_repeat():
-    draws = {(e, i, r): torch.rand(4, generator=rank_generator(0, e, i, World(r, 2)))
-             for e in (1, 2) for i in (1, 2) for r in (0, 1)}
-    assert len({tuple(d.tolist()) for d in draws.values()}) == 8
-    assert torch.equal(draws[(1, 2, 0)], torch.rand(4, generator=rank_generator(0, 1, 2, World(0, 2))))
+    values = torch.tensor([1.5, -2.0])
+    assert SINGLE.shard(batch) is batch
+    assert SINGLE.sum(values) is values and torch.equal(SINGLE.mean(values), values)
+    assert SINGLE.agree(True) and not SINGLE.agree(False)
+    assert SINGLE.all_true(True) and not SINGLE.all_true(False)
+    assert SINGLE.broadcast({"a": 1}) == {"a": 1}
+    SINGLE.barrier()
 
 
 def _free_port() -> int:
@@ -104,10 +102,11 @@ def _ddp_worker(rank: int, size: int, port: int, out: dict) -> None:
                                    torch.device("cpu"))
         model = create_model("bbn_resnet32", 3, 1)
         method = METHODS.get("bbn")(cfg, labels, 3)
-        method.start_epoch(1, torch.Generator().manual_seed(0))
-        ddp = data_parallel(model, World(rank, size), False, torch.device("cpu"))
-        batch = next(shard_batches(method.epoch_batches(torch.Generator().manual_seed(1)), World(rank, size)))
-        result = ddp(method, data, batch, torch.Generator().manual_seed(100 + rank))
+        world = World(rank, size)
+        ddp = world.step_module(model, False, torch.device("cpu"))
+        idx = world.shard(method.plan(1, torch.Generator().manual_seed(1))[0])
+        batch = Batch.of([data.gather(i, torch.Generator().manual_seed(100 + rank)) for i in idx])
+        result = ddp(method, batch, StepContext(1, 1, torch.Generator().manual_seed(7)))
         result.loss.backward()
         out[rank] = torch.cat([p.grad.flatten() for p in model.parameters()])
     finally:
@@ -125,7 +124,46 @@ def test_two_gloo_ranks_average_their_gradients():
 
 def test_sync_bn_is_refused_on_cpu():
     with pytest.raises(BBNError, match="train.sync_bn"):
-        data_parallel(torch.nn.BatchNorm2d(2), World(0, 2), True, torch.device("cpu"))
+        World(0, 2).step_module(torch.nn.BatchNorm2d(2), True, torch.device("cpu"))
+
+
+def _loop_worker(rank: int, size: int, port: int, out: dict) -> None:
+    """Two steps of the real training loop (train_epoch) as rank `rank` of `size`, with the
+    beta adaptor; records each step's alpha and the final weights."""
+    import bbn.methods.bbn as bbn_method
+    from bbn.engine.session import TrainState, build_trainer
+    from bbn.engine.train import train_epoch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    alphas: list[float] = []
+    real = bbn_method.cumulative_alpha
+
+    def recorded(*args):
+        alphas.append(real(*args))
+        return alphas[-1]
+
+    bbn_method.cumulative_alpha = recorded
+    t = build_trainer(load_config("digits_bbn", ["method.adaptor=beta", "train.batch_size=16", "data.n_max=40",
+                                                 "train.threads=1", "train.device=cpu"]))
+    try:
+        train_epoch(t, TrainState(), progress=False, max_steps=2)
+        out[rank] = (alphas, torch.cat([p.detach().flatten() for p in t.model.parameters()]))
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def test_every_rank_draws_the_same_stochastic_alpha_in_the_loop():
+    """The beta adaptor's alpha comes from the step's keyed generator, the same on every
+    rank (each rank drawing its own would mix the branches differently per rank)."""
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_loop_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    (a0, w0), (a1, w1) = out[0], out[1]
+    assert len(a0) == 2 and a0 == a1 and a0[0] != a0[1]
+    assert torch.equal(w0, w1)  # and the ranks step alike
 
 
 # --- torchrun end to end (2 gloo processes on the CPU) ---------------------------------------

@@ -36,8 +36,8 @@ def folder_cfg(root: Path, **data: object) -> Config:
     return build_config(tree)
 
 
-def file_set(files: ImageFiles, cfg: Config) -> FileImages:
-    return FileImages(files, cfg, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
+def file_set(files: ImageFiles, cfg: Config, skip_log: Path | None = None) -> FileImages:
+    return FileImages(files, cfg, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), skip_log=skip_log)
 
 
 @pytest.fixture()
@@ -136,12 +136,21 @@ def test_file_splits_keep_paths_and_labels(folder: Path) -> None:
     assert not set(data.train.paths.tolist()) & set(data.test.paths.tolist())
 
 
-def _epoch(images: FileImages, batches: list, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for batch in images.plan_epoch(iter(batches), None, torch.Generator().manual_seed(seed)):
+def _planned(batches: list, seed: int = 0) -> list[list[tuple[torch.Tensor, int]]]:
+    """Each step's streams (a tensor, or a tuple of them) with seeds seed*100 + stream number."""
+    steps, k = [], 0
+    for batch in batches:
+        step = []
         for idx in batch if isinstance(batch, tuple) else (batch,):
-            out.append(images.train_batch(idx, 4, True, torch.Generator()))
-    return out
+            step.append((idx, seed * 100 + k))
+            k += 1
+        steps.append(step)
+    return steps
+
+
+def _epoch(images: FileImages, batches: list, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every stream's (images, labels) of the planned steps, in order."""
+    return [pair for step in images.train_batches(_planned(batches, seed)) for pair in step]
 
 
 def test_planned_batches_are_reproducible_and_independent_of_workers(folder: Path) -> None:
@@ -162,44 +171,42 @@ def test_planned_batches_are_reproducible_and_independent_of_workers(folder: Pat
     assert not torch.equal(one[1][0][0], one[1][0][1])
 
 
-def test_train_batch_refuses_a_batch_out_of_the_plan(folder: Path) -> None:
-    images = file_set(prepare_data(folder_cfg(folder)).train, folder_cfg(folder))
-    planned = images.plan_epoch(iter([torch.tensor([0, 1]), torch.tensor([2, 3])]), None, torch.Generator())
-    next(planned)
-    with pytest.raises(RuntimeError, match="out of the planned order"):
-        images.train_batch(torch.tensor([2, 3]), 0, True, torch.Generator())
+def test_a_batch_depends_on_its_indices_and_seed_alone(folder: Path) -> None:
+    """Where a batch sits in the plan (first or third, in the same epoch or another) does not
+    change its images: its crops and flips come from its own seed."""
+    images = file_set(prepare_data(folder_cfg(folder)).train, folder_cfg(folder, workers=2))
+    a, b, c = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
+    first = list(images.train_batches([[(a, 7)], [(b, 8)], [(c, 9)]]))
+    moved = list(images.train_batches([[(c, 9), (a, 7)], [(b, 8)]]))
+    assert torch.equal(first[2][0][0], moved[0][0][0]) and torch.equal(first[0][0][0], moved[0][1][0])
+    assert torch.equal(first[1][0][0], moved[1][0][0])
+    reseeded = list(images.train_batches([[(a, 70)]]))
+    assert not torch.equal(first[0][0][0], reseeded[0][0][0])
 
 
 def test_a_loop_that_skips_ahead_gets_the_same_batches(folder: Path) -> None:
-    """An epoch resumed part-way skips its first batches: decoding starts where the loop is,
-    with the draws an uninterrupted epoch makes there."""
+    """An epoch resumed part-way plans only its remaining steps: they decode to what an
+    uninterrupted epoch gives there, and nothing before them is decoded."""
     data = prepare_data(folder_cfg(folder))
     batches = [torch.tensor([i, i + 1]) for i in range(0, 10, 2)]
     full = _epoch(file_set(data.train, folder_cfg(folder)), batches)
     images = file_set(data.train, folder_cfg(folder))
-    planned = images.plan_epoch(iter(batches), None, torch.Generator().manual_seed(0))
-    for _ in range(3):
-        next(planned)
-    rest = [images.train_batch(b, 0, True, torch.Generator()) for b in planned]
+    rest = [pair for step in images.train_batches(_planned(batches)[3:]) for pair in step]
     assert len(rest) == 2
     for (x, y), (fx, fy) in zip(rest, full[3:]):
         assert torch.equal(x, fx) and torch.equal(y, fy)
 
 
-def test_plan_takes_the_first_steps_and_draws_one_seed(folder: Path) -> None:
-    images = file_set(prepare_data(folder_cfg(folder)).train, folder_cfg(folder))
-    g = torch.Generator().manual_seed(3)
-    expected = torch.Generator().manual_seed(3)
-    torch.randint(0, 2**62, (1,), generator=expected)
-    planned = list(images.plan_epoch(iter([torch.tensor([0]), torch.tensor([1]), torch.tensor([2])]), 2, g))
-    assert len(planned) == 2 and torch.equal(g.get_state(), expected.get_state())
-    # the in-memory set hands the batches through and draws nothing
-    mem = DeviceImages.create(LabeledImages(torch.zeros((2, 1, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]),
-                                            ["a", "b"]), (0.5,), (0.5,), torch.device("cpu"))
-    g2 = torch.Generator().manual_seed(3)
-    batches = [torch.tensor([0])]
-    assert list(mem.plan_epoch(iter(batches), None, g2)) == batches
-    assert torch.equal(g2.get_state(), torch.Generator().manual_seed(3).get_state())
+def test_in_memory_images_are_augmented_from_each_streams_seed() -> None:
+    data = LabeledImages(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+                         torch.tensor([0, 1, 0, 1, 0, 1]), ["a", "b"])
+    mem = DeviceImages.create(data, (0.5,), (0.5,), torch.device("cpu"), padding=2, flip=True)
+    idx = torch.tensor([0, 3, 5])
+    (x, y), = next(mem.train_batches([[(idx, 11)]]))
+    want = mem.gather(idx, torch.Generator().manual_seed(11))
+    assert torch.equal(x, want[0]) and torch.equal(y, data.labels[idx])
+    (other, _), = next(mem.train_batches([[(idx, 12)]]))
+    assert not torch.equal(x, other)
 
 
 def test_eval_batches_center_crop_in_order(folder: Path) -> None:
@@ -230,9 +237,8 @@ def test_unreadable_training_image_is_replaced_by_its_class_and_listed(folder: P
     data = prepare_data(cfg)
     bad = next(i for i in range(len(data.train)) if int(data.train.labels[i]) == 1)
     _break(Path(data.train.paths[bad]))
-    images = file_set(data.train, cfg)
     log = tmp_path / "skipped_images.txt"
-    images.set_skip_log(log)
+    images = file_set(data.train, cfg, skip_log=log)
     with caplog.at_level(logging.WARNING):
         (x, y), = _epoch(images, [torch.tensor([bad, 0])])
     assert x.shape[0] == 2 and y.tolist() == [1, int(data.train.labels[0])]
@@ -333,13 +339,13 @@ def test_a_file_run_stopped_mid_epoch_resumes_to_the_same_weights(folder: Path, 
     quiet = lambda _line: None  # noqa: E731
     start_run(cfg, tmp_path / "ref", progress=False, log=quiet)
     calls = {"n": 0}
-    train_batch = FileImages.train_batch
+    received = FileImages._received
 
-    def counted(self: FileImages, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
-        calls["n"] += 1
-        return train_batch(self, *args)
+    def counted(self: FileImages, batch: object, evaluating: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += not evaluating  # training batches decoded
+        return received(self, batch, evaluating)
 
-    monkeypatch.setattr(FileImages, "train_batch", counted)
+    monkeypatch.setattr(FileImages, "_received", counted)
     # 4 steps of 2 batches per epoch: the 10th batch ends step 1 of epoch 2
     monkeypatch.setattr(preemption, "requested", lambda: signal.SIGTERM if calls["n"] == 10 else None)
     with pytest.raises(Preempted, match="epoch 2, step 1/4"):
@@ -410,9 +416,8 @@ def test_a_too_large_training_image_is_skipped_and_listed_without_decoding(folde
     bad = next(i for i in range(len(data.train)) if int(data.train.labels[i]) == 1)
     write_png_bomb(Path(data.train.paths[bad]))
     decoded = no_decoding_of(monkeypatch, Path(data.train.paths[bad]))
-    images = file_set(data.train, cfg)
     log = tmp_path / "skipped_images.txt"
-    images.set_skip_log(log)
+    images = file_set(data.train, cfg, skip_log=log)
     (x, y), = _epoch(images, [torch.tensor([bad, 0])])
     assert y.tolist() == [1, int(data.train.labels[0])] and len(decoded) == 2  # the replacement and image 0
     split, path, reason = log.read_text().rstrip("\n").split("\t")

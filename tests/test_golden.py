@@ -39,10 +39,10 @@ import torch
 
 from bbn.config import build_config
 from bbn.data.loader import DeviceImages
-from bbn.data.samplers import REBALANCE_SAMPLERS
 from bbn.data.sources import LabeledImages
-from bbn.methods import METHODS
+from bbn.methods import METHODS, Batch, StepContext
 from bbn.models import create_model
+from bbn.samplers import REBALANCE_SAMPLERS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_v1.json"
 RTOL, ATOL = 1e-4, 1e-6
@@ -117,11 +117,9 @@ def draw_streams(method: Any, epochs: tuple[int, ...], generator: torch.Generato
     """Per epoch, the batches of each index stream ('c', and 'r' for paired methods)."""
     out: dict[int, dict[str, list[torch.Tensor]]] = {}
     for epoch in epochs:
-        method.start_epoch(epoch, generator)
         streams: dict[str, list[torch.Tensor]] = {}
-        for batch in method.epoch_batches(generator):
-            parts = dict(zip("cr", batch)) if isinstance(batch, tuple) else {"c": batch}
-            for key, idx in parts.items():
+        for batch in method.plan(epoch, generator):
+            for key, idx in zip("cr", batch):
                 streams.setdefault(key, []).append(idx)
         out[epoch] = streams
     return out
@@ -145,9 +143,9 @@ class Spy:
 def run_step(method: Any, model: torch.nn.Module, data: DeviceImages, idx_c: torch.Tensor,
              idx_r: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One step at STEP_EPOCH on the images idx_c (and idx_r for paired methods): loss, accuracy."""
-    method.start_epoch(STEP_EPOCH, torch.Generator().manual_seed(0))
-    paired = isinstance(next(iter(method.epoch_batches(torch.Generator().manual_seed(0)))), tuple)
-    result = method.step(model, data, (idx_c, idx_r) if paired else idx_c, generator)
+    streams = len(method.plan(STEP_EPOCH, torch.Generator().manual_seed(0))[0])
+    batch = Batch.of([data.gather(idx, torch.Generator()) for idx in (idx_c, idx_r)[:streams]])
+    result = method.step(model, batch, StepContext(STEP_EPOCH, 1, generator))
     return result.loss, result.accuracy
 
 
@@ -194,9 +192,9 @@ def stream_record(name: str) -> dict[str, Any]:
 
 def sampler_record(name: str) -> str:
     labels = fixed_labels()
-    sampler = REBALANCE_SAMPLERS.get(name)(labels, NUM_CLASSES)
+    sampler = REBALANCE_SAMPLERS.get(name)(labels, NUM_CLASSES, EPOCHS)
     g = torch.Generator().manual_seed(0)
-    return sha(torch.cat([sampler.draw(len(labels), g) for _ in range(2)]))
+    return sha(torch.cat([sampler.draw(len(labels), epoch, g) for epoch in (1, 2)]))
 
 
 # ---- the pins ----

@@ -30,7 +30,7 @@ from bbn.config import (Config, DataConfig, _set_dotted, build_config, check_sch
 from bbn.data.arrays import load_arrays_file
 from bbn.data.sources import load_source
 from bbn.errors import BBNError
-from bbn.engine.train import check_names
+from bbn.engine.session import check_names
 
 # torch's note on the protocol byte of random files; the loader's answer is what is tested
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

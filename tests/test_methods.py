@@ -11,7 +11,7 @@ from bbn.config import Config, build_config
 from bbn.data.loader import DeviceImages
 from bbn.data.sources import LabeledImages
 from bbn.errors import BBNError
-from bbn.methods import METHODS, Method
+from bbn.methods import METHODS, Batch, Method, StepContext
 from bbn.methods.cumulative import cumulative_alpha
 from bbn.models import create_model
 
@@ -19,6 +19,7 @@ COUNTS = [9, 5, 3, 1]  # long-tailed, 18 images, 4 classes
 N = sum(COUNTS)
 BATCH = 4
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+AUG_SEED = 100  # stream s of a step is augmented from seed AUG_SEED + s
 
 
 def tiny_images(channels: int = 3) -> LabeledImages:
@@ -34,9 +35,11 @@ def tiny_cfg(*overrides: str) -> Config:
                              "augment.flip=true", *overrides])
 
 
-def device_images(data: LabeledImages) -> DeviceImages:
-    return DeviceImages.create(data, MEAN[: data.images.shape[1]], STD[: data.images.shape[1]],
-                               torch.device("cpu"))
+def device_images(data: LabeledImages, cfg: Config) -> DeviceImages:
+    """The in-memory set with `cfg`'s augmentation (crop padding, flip)."""
+    c = data.images.shape[1]
+    return DeviceImages.create(data, MEAN[:c], STD[:c], torch.device("cpu"),
+                               padding=cfg.augment.crop_padding, flip=cfg.augment.flip)
 
 
 def make(method: str, model: str, *overrides: str) -> tuple[Method, nn.Module, DeviceImages]:
@@ -47,7 +50,7 @@ def make(method: str, model: str, *overrides: str) -> tuple[Method, nn.Module, D
     net = create_model(model, data.num_classes, data.images.shape[1])
     m.check_model(net)
     net.train()
-    return m, net, device_images(data)
+    return m, net, device_images(data, cfg)
 
 
 def clone(g: torch.Generator) -> torch.Generator:
@@ -56,12 +59,23 @@ def clone(g: torch.Generator) -> torch.Generator:
     return out
 
 
+def aug_gen(stream: int) -> torch.Generator:
+    """The augmentation generator of one stream of a step (a fresh one per call)."""
+    return torch.Generator().manual_seed(AUG_SEED + stream)
+
+
 def ce_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(z.double(), dim=1)[torch.arange(len(y)), y].mean()
 
 
-def first_batch(method: Method, g: torch.Generator):
-    return next(iter(method.epoch_batches(g)))
+def first_step(method: Method, epoch: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The index tensors (one per stream) of the first step of `epoch`'s plan."""
+    return method.plan(epoch, g)[0]
+
+
+def gather(data: DeviceImages, step: tuple[torch.Tensor, ...]) -> Batch:
+    """The step's images, each stream gathered and augmented from its own `aug_gen`."""
+    return Batch.of([data.gather(idx, aug_gen(s)) for s, idx in enumerate(step)])
 
 
 def test_registry() -> None:
@@ -70,11 +84,21 @@ def test_registry() -> None:
         METHODS.get("bnn")
 
 
+def test_batch_of_streams() -> None:
+    x_c, y_c, x_r, y_r = torch.zeros(2, 3), torch.tensor([0, 1]), torch.ones(2, 3), torch.tensor([2, 3])
+    paired = Batch.of([(x_c, y_c), (x_r, y_r)])
+    assert paired == Batch(x_c, y_c, x_r, y_r)
+    assert paired.labels() == (y_c, y_r)
+    single = Batch.of([(x_c, y_c)])
+    assert single.x_r is None and single.y_r is None
+    assert single.labels() == (y_c,)
+
+
 def test_bbn_step_runs_two_separate_trunk_passes() -> None:
     method, model, data = make("bbn", "bbn_resnet32")
-    method.start_epoch(4, torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(1)
-    idx_c, idx_r = first_batch(method, g)
+    idx_c, idx_r = first_step(method, 4, torch.Generator().manual_seed(1))
+    batch = gather(data, (idx_c, idx_r))
+    g = torch.Generator().manual_seed(11)
     replay = clone(g)
 
     inputs: list[torch.Tensor] = []
@@ -89,7 +113,7 @@ def test_bbn_step_runs_two_separate_trunk_passes() -> None:
     h1 = model.backbone.cb_block.register_forward_hook(lambda m, i, o: block_inputs["cb"].append(len(i[0])))
     h2 = model.backbone.rb_block.register_forward_hook(lambda m, i, o: block_inputs["rb"].append(len(i[0])))
     try:
-        method.step(model, data, (idx_c, idx_r), g)
+        method.step(model, batch, StepContext(4, 1, g))
     finally:
         h1.remove()
         h2.remove()
@@ -98,27 +122,28 @@ def test_bbn_step_runs_two_separate_trunk_passes() -> None:
     # two passes of BATCH images each (BatchNorm sees each branch's batch on its own)
     assert [len(x) for x in inputs] == [BATCH, BATCH]
     assert block_inputs == {"cb": [BATCH], "rb": [BATCH]}
-    # first the uniform batch, then the reversed one, augmented from the same generator
-    aug = method.cfg.augment
-    x_c, _ = data.train_batch(idx_c, aug.crop_padding, aug.flip, replay)
-    x_r, _ = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
-    assert torch.equal(inputs[0], x_c)
-    assert torch.equal(inputs[1], x_r)
+    # first the uniform batch, then the reversed one, exactly as gathered and augmented:
+    # the same generators give the same images, and the step augments nothing itself
+    x_c, y_c = data.gather(idx_c, aug_gen(0))
+    x_r, y_r = data.gather(idx_r, aug_gen(1))
+    assert torch.equal(inputs[0], x_c) and torch.equal(inputs[0], batch.x_c)
+    assert torch.equal(inputs[1], x_r) and torch.equal(inputs[1], batch.x_r)
+    assert torch.equal(y_c, data.labels[idx_c]) and torch.equal(y_r, data.labels[idx_r])
+    # the parabolic adaptor draws nothing: the step leaves its generator untouched
+    assert torch.equal(g.get_state(), replay.get_state())
 
 
 @pytest.mark.parametrize("epoch, alpha", [(1, 1.0), (4, 1 - 0.3**2), (10, 1 - 0.9**2)])
 def test_bbn_step_loss_by_hand(epoch: int, alpha: float) -> None:
     method, model, data = make("bbn", "bbn_resnet32")
-    logged = method.start_epoch(epoch, torch.Generator().manual_seed(0))
-    assert logged["alpha"] == pytest.approx(alpha)  # parabolic decay, T_max = 10 epochs
-    g = torch.Generator().manual_seed(2)
-    idx_c, idx_r = first_batch(method, g)
-    replay = clone(g)
-    out = method.step(model, data, (idx_c, idx_r), g)
+    assert method.logged(epoch)["alpha"] == pytest.approx(alpha)  # parabolic decay, T_max = 10 epochs
+    idx_c, idx_r = first_step(method, epoch, torch.Generator().manual_seed(2))
+    batch = gather(data, (idx_c, idx_r))
+    out = method.step(model, batch, StepContext(epoch, 1, torch.Generator().manual_seed(12)))
 
-    aug = method.cfg.augment
-    x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, replay)
-    x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
+    x_c, y_c = data.gather(idx_c, aug_gen(0))
+    x_r, y_r = data.gather(idx_r, aug_gen(1))
+    assert torch.equal(x_c, batch.x_c) and torch.equal(x_r, batch.x_r)
     assert torch.equal(y_c, data.labels[idx_c]) and torch.equal(y_r, data.labels[idx_r])
     with torch.no_grad():
         f_c = model.features(x_c, "cb")
@@ -140,31 +165,48 @@ def test_bbn_step_loss_by_hand(epoch: int, alpha: float) -> None:
 
 def test_bbn_beta_adaptor_draws_alpha_each_step_from_the_generator() -> None:
     method, model, data = make("bbn", "bbn_resnet32", "method.adaptor=beta")
-    assert method.start_epoch(3, torch.Generator().manual_seed(0)) == {"alpha": None}
+    assert method.logged(3) == {"alpha": None}
+    idx_c, idx_r = first_step(method, 3, torch.Generator().manual_seed(0))
+    batch = gather(data, (idx_c, idx_r))
     g = torch.Generator().manual_seed(3)
-    idx_c, idx_r = first_batch(method, g)
     replay = clone(g)
-    out = method.step(model, data, (idx_c, idx_r), g)
+    out = method.step(model, batch, StepContext(3, 1, g))
 
-    alpha = cumulative_alpha("beta", 3, 10, replay)  # drawn first, then the augmentations
-    aug = method.cfg.augment
-    x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, replay)
-    x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
+    alpha = cumulative_alpha("beta", 3, 10, replay)  # the step's only draw
     assert torch.equal(replay.get_state(), g.get_state())  # same draws, same order
+    x_c, y_c = data.gather(idx_c, aug_gen(0))
+    x_r, y_r = data.gather(idx_r, aug_gen(1))
+    assert torch.equal(x_c, batch.x_c) and torch.equal(x_r, batch.x_r)
     with torch.no_grad():
         z = model.logits(model.features(x_c, "cb"), model.features(x_r, "rb"), alpha)
     want = alpha * ce_by_hand(z, y_c) + (1 - alpha) * ce_by_hand(z, y_r)
     assert out.loss.item() == pytest.approx(float(want), rel=1e-4)
+    # another step generator draws another alpha
+    other = method.step(model, batch, StepContext(3, 2, torch.Generator().manual_seed(4)))
+    assert other.loss.item() != pytest.approx(out.loss.item(), rel=1e-6)
 
 
 def test_bbn_pairs_one_reversed_sample_per_uniform_sample() -> None:
     method, _, data = make("bbn", "bbn_resnet32")
-    batches = list(method.epoch_batches(torch.Generator().manual_seed(4)))
+    batches = method.plan(1, torch.Generator().manual_seed(4))
+    assert isinstance(batches, list)
     assert len(batches) == method.steps_per_epoch() == N // BATCH
+    assert all(isinstance(b, tuple) and len(b) == 2 for b in batches)
     idx_c = torch.cat([c for c, _ in batches])
     assert all(len(c) == len(r) == BATCH for c, r in batches)
     assert len(set(idx_c.tolist())) == len(idx_c) == (N // BATCH) * BATCH  # no repeats in an epoch
     assert all(0 <= int(i) < N for _, r in batches for i in r)
+
+
+def test_plan_depends_on_the_generator_alone() -> None:
+    # a method holds no epoch state: the same generator state plans the same epoch,
+    # whatever was planned before
+    method, _, _ = make("bbn", "bbn_resnet32")
+    first = method.plan(2, torch.Generator().manual_seed(5))
+    method.plan(7, torch.Generator().manual_seed(6))
+    again = method.plan(2, torch.Generator().manual_seed(5))
+    assert len(first) == len(again)
+    assert all(torch.equal(a, b) for s1, s2 in zip(first, again) for a, b in zip(s1, s2))
 
 
 def test_bbn_refuses_a_plain_model() -> None:
@@ -186,14 +228,19 @@ def test_bbn_unknown_adaptor_or_sampler_fails_at_construction() -> None:
 
 def test_ce_step_is_cross_entropy_on_the_uniform_batch() -> None:
     method, model, data = make("ce", "resnet32")
-    assert method.start_epoch(1, torch.Generator()) == {"alpha": None}
-    g = torch.Generator().manual_seed(5)
-    batch = first_batch(method, g)
-    assert isinstance(batch, torch.Tensor) and len(batch) == BATCH
+    assert method.logged(1) == {"alpha": None}
+    step = first_step(method, 1, torch.Generator().manual_seed(5))
+    assert isinstance(step, tuple) and len(step) == 1  # one stream
+    (idx,) = step
+    assert isinstance(idx, torch.Tensor) and len(idx) == BATCH
+    batch = gather(data, step)
+    assert batch.x_r is None and batch.y_r is None
+    g = torch.Generator().manual_seed(15)
     replay = clone(g)
-    out = method.step(model, data, batch, g)
-    aug = method.cfg.augment
-    x, y = data.train_batch(batch, aug.crop_padding, aug.flip, replay)
+    out = method.step(model, batch, StepContext(1, 1, g))
+    assert torch.equal(g.get_state(), replay.get_state())  # CE draws nothing in its step
+    x, y = data.gather(idx, aug_gen(0))
+    assert torch.equal(x, batch.x_c) and torch.equal(y, data.labels[idx])
     with torch.no_grad():
         z = model(x)
     assert out.loss.item() == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-5)
@@ -202,14 +249,15 @@ def test_ce_step_is_cross_entropy_on_the_uniform_batch() -> None:
     assert out.images == BATCH
 
 
-@pytest.mark.parametrize("method_name, model_name", [("bbn", "bbn_resnet32"), ("ce", "resnet32")])
+@pytest.mark.parametrize("method_name, model_name, streams", [("bbn", "bbn_resnet32", 2), ("ce", "resnet32", 1)])
 @pytest.mark.parametrize("drop_last, steps", [(True, N // BATCH), (False, -(-N // BATCH))])
-def test_steps_per_epoch(method_name: str, model_name: str, drop_last: bool, steps: int) -> None:
+def test_steps_per_epoch(method_name: str, model_name: str, streams: int, drop_last: bool, steps: int) -> None:
     method, _, _ = make(method_name, model_name, f"train.drop_last={str(drop_last).lower()}")
     assert method.steps_per_epoch() == steps
-    batches = list(method.epoch_batches(torch.Generator().manual_seed(6)))
+    batches = method.plan(1, torch.Generator().manual_seed(6))
     assert len(batches) == steps
-    sizes = [len(b[0] if isinstance(b, tuple) else b) for b in batches]
+    assert all(len(b) == streams and all(len(i) == len(b[0]) for i in b) for b in batches)
+    sizes = [len(b[0]) for b in batches]
     assert sizes == ([BATCH] * (N // BATCH) + ([] if drop_last else [N % BATCH]))
 
 
@@ -226,8 +274,8 @@ def test_bbn_step_on_one_channel_images() -> None:
     method = METHODS.get("bbn")(cfg, data.labels, data.num_classes)
     model = create_model("bbn_resnet32", data.num_classes, in_channels=1).train()
     method.check_model(model)
-    method.start_epoch(1, torch.Generator())
-    g = torch.Generator().manual_seed(7)
-    out = method.step(model, device_images(data), first_batch(method, g), g)
+    batch = gather(device_images(data, cfg), first_step(method, 1, torch.Generator().manual_seed(7)))
+    assert batch.x_c.shape == batch.x_r.shape == (BATCH, 1, 8, 8)
+    out = method.step(model, batch, StepContext(1, 1, torch.Generator().manual_seed(7)))
     assert out.loss.shape == () and torch.isfinite(out.loss)
     assert out.images == 2 * BATCH

@@ -9,10 +9,11 @@ from scipy import stats
 
 from bbn.config import load_config
 from bbn.errors import BBNError
-from bbn.methods import METHODS
+from bbn.methods import METHODS, StepContext
 from bbn.methods.mixup import MANIFOLD_LAYERS, mix, mix_layer, mixup_lambda
 from bbn.models import create_model
-from test_methods import BATCH, COUNTS, N, ce_by_hand, clone, first_batch, make, tiny_cfg, tiny_images
+from test_methods import (BATCH, COUNTS, N, aug_gen, ce_by_hand, clone, first_step, gather, make, tiny_cfg,
+                          tiny_images)
 
 FAMILY = ("mixup", "manifold_mixup", "manifold_mixup_two")
 
@@ -82,18 +83,19 @@ def test_split_forward_is_faithful() -> None:
 
 def test_mixup_step_mixes_images_and_labels_by_hand() -> None:
     method, model, data = make("mixup", "resnet32")
-    g = torch.Generator().manual_seed(6)
-    batch = first_batch(method, g)
+    (idx,) = first_step(method, 1, torch.Generator().manual_seed(6))
+    batch = gather(data, (idx,))
+    g = torch.Generator().manual_seed(16)
     replay = clone(g)
     seen: list[torch.Tensor] = []
     hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     try:
-        out = method.step(model, data, batch, g)
+        out = method.step(model, batch, StepContext(1, 1, g))
     finally:
         hook.remove()
 
-    aug = method.cfg.augment
-    x, y = data.train_batch(batch, aug.crop_padding, aug.flip, replay)
+    x, y = data.gather(idx, aug_gen(0))  # the same generator gathers the same images
+    assert torch.equal(x, batch.x_c) and torch.equal(y, data.labels[idx])
     lam = lambda_by_hand(1.0, replay)
     perm = torch.randperm(BATCH, generator=replay)
     assert torch.equal(replay.get_state(), g.get_state())  # same draws, same order
@@ -125,16 +127,17 @@ def record_splits(model: torch.nn.Module) -> list[int]:
 
 def test_manifold_mixup_step_by_hand_at_each_layer() -> None:
     method, model, data = make("manifold_mixup", "resnet32")
-    aug = method.cfg.augment
     ks = record_splits(model)
     checked: set[int] = set()
     for seed in range(30):
-        g = torch.Generator().manual_seed(seed)
-        batch = first_batch(method, g)
+        (idx,) = step = first_step(method, 1, torch.Generator().manual_seed(seed))
+        batch = gather(data, step)
+        g = torch.Generator().manual_seed(100 + seed)
         replay = clone(g)
-        out = method.step(model, data, batch, g)
+        out = method.step(model, batch, StepContext(1, 1, g))
 
-        x, y = data.train_batch(batch, aug.crop_padding, aug.flip, replay)
+        x, y = data.gather(idx, aug_gen(0))
+        assert torch.equal(x, batch.x_c) and torch.equal(y, data.labels[idx])
         lam = lambda_by_hand(1.0, replay)
         k = int(torch.randint(0, 3, (1,), generator=replay))
         perm = torch.randperm(BATCH, generator=replay)
@@ -157,8 +160,8 @@ def test_two_samplers_second_batch_follows_the_reversed_probabilities() -> None:
     g = torch.Generator().manual_seed(3)
     drawn = torch.zeros(len(COUNTS))
     epochs = 400
-    for _ in range(epochs):
-        batches = list(method.epoch_batches(g))
+    for e in range(epochs):
+        batches = method.plan(1 + e % 10, g)  # the 10 epochs of the schedule, 40 times over
         assert len(batches) == N // BATCH and all(len(c) == len(r) == BATCH for c, r in batches)
         idx_c = torch.cat([c for c, _ in batches])
         assert len(set(idx_c.tolist())) == len(idx_c)  # the uniform batch: each image at most once
@@ -172,16 +175,17 @@ def test_two_samplers_second_batch_follows_the_reversed_probabilities() -> None:
 
 def test_two_samplers_step_mixes_uniform_and_reversed_batches_by_hand() -> None:
     method, model, data = make("manifold_mixup_two", "resnet32", "method.mixup_alpha=2.0")
-    aug = method.cfg.augment
     checked: set[int] = set()
     for seed in range(30):
-        g = torch.Generator().manual_seed(seed)
-        idx_c, idx_r = first_batch(method, g)
+        idx_c, idx_r = first_step(method, 1, torch.Generator().manual_seed(seed))
+        batch = gather(data, (idx_c, idx_r))
+        g = torch.Generator().manual_seed(100 + seed)
         replay = clone(g)
-        out = method.step(model, data, (idx_c, idx_r), g)
+        out = method.step(model, batch, StepContext(1, 1, g))
 
-        x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, replay)
-        x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, replay)
+        x_c, y_c = data.gather(idx_c, aug_gen(0))
+        x_r, y_r = data.gather(idx_r, aug_gen(1))
+        assert torch.equal(x_c, batch.x_c) and torch.equal(x_r, batch.x_r)
         lam = lambda_by_hand(2.0, replay)  # the configured a
         k = int(torch.randint(0, 3, (1,), generator=replay))
         assert torch.equal(replay.get_state(), g.get_state())
@@ -213,11 +217,12 @@ def test_refuses_the_bilateral_model(name: str) -> None:
 @pytest.mark.parametrize("name", FAMILY)
 def test_one_optimisation_step(name: str) -> None:
     method, model, data = make(name, "resnet32")
-    method.start_epoch(1, torch.Generator())
+    assert method.logged(1) == {"alpha": None}
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(9)
-    out = method.step(model, data, first_batch(method, g), g)
+    step = first_step(method, 1, torch.Generator().manual_seed(9))
+    assert len(step) == (2 if name == "manifold_mixup_two" else 1)  # streams: uniform (and reversed)
+    out = method.step(model, gather(data, step), StepContext(1, 1, torch.Generator().manual_seed(19)))
     opt.zero_grad()
     out.loss.backward()
     opt.step()

@@ -14,7 +14,8 @@ from bbn.engine.checkpoint import load_checkpoint, nonfinite_entries
 from bbn.cli import main
 from bbn.config import load_config
 from bbn.data.prepare import prepare_data
-from bbn.methods.base import StepResult
+from bbn.engine.keys import Draw, keyed_generator
+from bbn.methods.base import METHODS, StepResult
 from bbn.methods.bbn import BBN
 from bbn.engine.runs import RunDir, read_metrics
 
@@ -29,8 +30,8 @@ def poison_steps(monkeypatch: pytest.MonkeyPatch, calls: set[int], kind: str = "
     loss, `grad` a finite loss whose gradient is NaN. Returns the poisoned steps' batches."""
     real_step, seen, batches = BBN.step, [0], []
 
-    def step(self, model, data, batch, generator):
-        out = real_step(self, model, data, batch, generator)
+    def step(self, model, batch, ctx):
+        out = real_step(self, model, batch, ctx)
         seen[0] += 1
         if seen[0] not in calls:
             return out
@@ -58,9 +59,11 @@ def test_stop_names_the_step_its_classes_and_the_last_good_checkpoint(
     line = assert_bad_input(["train", *TINY, "--no-progress", "--out", str(out)], capsys,
                             f"non-finite loss (nan) at epoch 2, step 3/{STEPS}",
                             f"last good checkpoint: '{run.last}' (after epoch 1)", "train.on_nonfinite=skip")
-    idx_c, idx_r = batches[0]
-    labels = prepare_data(load_config(TINY[0], TINY[1:])).train.labels
-    classes = torch.unique(labels[torch.cat([idx_c, idx_r])]).tolist()
+    cfg = load_config(TINY[0], TINY[1:])
+    labels = prepare_data(cfg).train.labels
+    idx_c, idx_r = METHODS.get("bbn")(cfg, labels, 10).plan(2, keyed_generator(cfg.seed, Draw.PLAN, 2))[2]
+    classes = torch.unique(labels[torch.cat([idx_c, idx_r])]).tolist()  # the planned step 3 of epoch 2
+    assert classes == torch.unique(torch.cat(batches[0].labels())).tolist()
     assert f"(batch classes {', '.join(map(str, classes[:8]))}" in line
     assert load_checkpoint(run.last)["epoch"] == 1 and len(read_metrics(run.metrics)) == 1
     assert not run.final.exists()

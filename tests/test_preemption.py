@@ -105,14 +105,14 @@ def test_resume_auto_starts_a_missing_or_never_trained_run(tmp_path: Path) -> No
 def test_a_signal_before_training_stops_it_as_it_starts(reference: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    real_build = runner.build_session
+    real_build = runner.build_trainer
 
-    def build_then_signal(cfg):
-        session = real_build(cfg)
+    def build_then_signal(cfg, **kwargs):
+        trainer = real_build(cfg, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)  # while the data and model are being made
-        return session
+        return trainer
 
-    monkeypatch.setattr(runner, "build_session", build_then_signal)
+    monkeypatch.setattr(runner, "build_trainer", build_then_signal)
     out = tmp_path / "early"
     assert main(["train", "digits_bbn", *TINY, "--no-progress", "--out", str(out)]) == EXIT_PREEMPTED
     assert "stopped by SIGTERM after epoch 0;" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def test_an_early_error_removes_only_what_the_run_wrote(tmp_path: Path, monkeypa
     out = tmp_path / "run"
     out.mkdir()  # an existing empty folder as --out
 
-    def fit_until_the_disk_is_full(session, run, progress, log, on_finish=None):
+    def fit_until_the_disk_is_full(trainer, state, run, progress, log, on_finish=None):
         (out / "mine.txt").write_text("a file another program put there meanwhile")
         raise OSError(errno.ENOSPC, "No space left on device")
 

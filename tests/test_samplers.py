@@ -9,16 +9,19 @@ import torch
 from scipy import stats
 
 from bbn.data.longtail import longtail_counts
-from bbn.data.samplers import (
+from bbn.errors import BBNError
+from bbn.samplers import (
     REBALANCE_SAMPLERS,
     BBNPairSampler,
+    ClassSampler,
     UniformSampler,
     balanced_class_probs,
+    drawn_batches,
     reversed_class_probs,
 )
-from bbn.errors import BBNError
 
 C10_IR100 = longtail_counts(5000, 10, 100, "exp")  # 12,406 images
+EPOCHS = 200  # the schedule length the factories are told (the samplers here ignore it)
 
 
 def chi2_bound(dof: int, q: float = 0.999) -> float:
@@ -75,7 +78,7 @@ def test_empty_class_in_labels_refused_by_class_samplers() -> None:
     labels = torch.tensor([0, 0, 2, 2, 2])  # class 1 of 3 empty
     for name in ("reversed", "balanced"):
         with pytest.raises(BBNError):
-            REBALANCE_SAMPLERS.get(name)(labels, 3)
+            REBALANCE_SAMPLERS.get(name)(labels, 3, EPOCHS)
 
 
 # ---------------------------------------------------------------- goodness of fit
@@ -87,8 +90,8 @@ N_DRAWS = 200_000
 @pytest.mark.parametrize("name", ["reversed", "balanced"])
 def test_class_frequencies_chi_square(name: str) -> None:
     labels = shuffled_labels(C10_IR100)
-    sampler = REBALANCE_SAMPLERS.get(name)(labels, 10)
-    idx = sampler.draw(N_DRAWS, gen(1))
+    sampler = REBALANCE_SAMPLERS.get(name)(labels, 10, EPOCHS)
+    idx = sampler.draw(N_DRAWS, 1, gen(1))
     assert idx.shape == (N_DRAWS,) and idx.dtype == torch.int64
     assert int(idx.min()) >= 0 and int(idx.max()) < len(labels)
     observed = torch.bincount(labels[idx], minlength=10)
@@ -102,7 +105,7 @@ def test_class_frequencies_chi_square(name: str) -> None:
 
 def test_reversed_sampler_favours_the_tail() -> None:
     labels = shuffled_labels(C10_IR100)
-    idx = REBALANCE_SAMPLERS.get("reversed")(labels, 10).draw(50_000, gen(2))
+    idx = REBALANCE_SAMPLERS.get("reversed")(labels, 10, EPOCHS).draw(50_000, 1, gen(2))
     freq = torch.bincount(labels[idx], minlength=10).tolist()
     assert freq[-1] > freq[0] * 50  # P_9 / P_0 = N_0 / N_9 = 100
 
@@ -112,7 +115,7 @@ def test_within_class_uniform(name: str) -> None:
     labels = shuffled_labels(C10_IR100, seed=3)
     tail = 9  # 50 images, P_9 ~ 0.4 under "reversed", 0.1 under "balanced"
     members = torch.nonzero(labels == tail).flatten()
-    idx = REBALANCE_SAMPLERS.get(name)(labels, 10).draw(N_DRAWS, gen(4))
+    idx = REBALANCE_SAMPLERS.get(name)(labels, 10, EPOCHS).draw(N_DRAWS, 1, gen(4))
     picked = idx[labels[idx] == tail]
     assert len(picked) > 10_000
     # every draw of the class is one of its images, each about equally often
@@ -127,7 +130,7 @@ def test_within_class_uniform_head_class_all_images_reached() -> None:
     # balanced on a small head class: 200 images, class prob 1/2
     labels = shuffled_labels([200, 5], seed=5)
     members = torch.nonzero(labels == 0).flatten()
-    idx = REBALANCE_SAMPLERS.get("balanced")(labels, 2).draw(N_DRAWS, gen(6))
+    idx = REBALANCE_SAMPLERS.get("balanced")(labels, 2, EPOCHS).draw(N_DRAWS, 1, gen(6))
     per_image = torch.bincount(idx, minlength=len(labels))[members]
     stat = chi2_stat(per_image, torch.full((200,), 1 / 200))
     assert stat < chi2_bound(199), stat
@@ -136,7 +139,7 @@ def test_within_class_uniform_head_class_all_images_reached() -> None:
 def test_uniform_rebalance_option_is_uniform_over_images() -> None:
     counts = [600, 300, 80, 20]  # 1,000 images
     labels = shuffled_labels(counts, seed=7)
-    idx = REBALANCE_SAMPLERS.get("uniform")(labels, 4).draw(N_DRAWS, gen(8))
+    idx = REBALANCE_SAMPLERS.get("uniform")(labels, 4, EPOCHS).draw(N_DRAWS, 1, gen(8))
     assert idx.shape == (N_DRAWS,)
     per_image = torch.bincount(idx, minlength=1000)
     assert len(per_image) == 1000
@@ -150,10 +153,10 @@ def test_uniform_rebalance_option_is_uniform_over_images() -> None:
 @pytest.mark.parametrize("name", ["reversed", "balanced", "uniform"])
 def test_rebalance_draws_are_seeded(name: str) -> None:
     labels = shuffled_labels(C10_IR100)
-    sampler = REBALANCE_SAMPLERS.get(name)(labels, 10)
-    a = sampler.draw(1000, gen(11))
-    b = sampler.draw(1000, gen(11))
-    c = sampler.draw(1000, gen(12))
+    sampler = REBALANCE_SAMPLERS.get(name)(labels, 10, EPOCHS)
+    a = sampler.draw(1000, 1, gen(11))
+    b = sampler.draw(1000, 1, gen(11))
+    c = sampler.draw(1000, 1, gen(12))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -234,16 +237,18 @@ def test_uniform_sampler_errors() -> None:
 
 def _pair(labels: torch.Tensor, batch: int, name: str = "reversed") -> BBNPairSampler:
     return BBNPairSampler(UniformSampler(len(labels), batch, drop_last=True),
-                          REBALANCE_SAMPLERS.get(name)(labels, int(labels.max()) + 1))
+                          REBALANCE_SAMPLERS.get(name)(labels, int(labels.max()) + 1, EPOCHS))
 
 
 def test_pair_sampler_shapes_and_uniform_branch() -> None:
     labels = shuffled_labels(C10_IR100)
     pair = _pair(labels, 128)
     assert len(pair) == len(labels) // 128
-    steps = list(pair.epoch(gen(0)))
-    assert len(steps) == len(pair)
-    for idx_c, idx_r in steps:
+    steps = pair.plan(1, gen(0))
+    assert isinstance(steps, list) and len(steps) == len(pair)
+    for step in steps:
+        assert isinstance(step, tuple) and len(step) == 2
+        idx_c, idx_r = step
         assert idx_c.shape == idx_r.shape == (128,)
         assert idx_c.dtype == idx_r.dtype == torch.int64
     # the conventional branch is exactly the uniform sampler's epoch from the same state
@@ -257,13 +262,13 @@ def test_pair_sampler_reversed_branch_frequencies() -> None:
     labels = shuffled_labels(C10_IR100, seed=1)
     pair = _pair(labels, 128)
     g = gen(5)
-    drawn = torch.cat([r for _ in range(12) for _, r in pair.epoch(g)])
+    drawn = torch.cat([r for e in range(1, 13) for _, r in pair.plan(e, g)])
     assert len(drawn) > 140_000
     observed = torch.bincount(labels[drawn], minlength=10)
     assert chi2_stat(observed, reversed_class_probs(C10_IR100)) < chi2_bound(9)
     # the uniform branch follows the natural distribution instead
     g = gen(5)
-    conv = torch.cat([c for _ in range(3) for c, _ in pair.epoch(g)])
+    conv = torch.cat([c for e in range(1, 4) for c, _ in pair.plan(e, g)])
     natural = torch.tensor(C10_IR100, dtype=torch.float64) / sum(C10_IR100)
     assert chi2_stat(torch.bincount(labels[conv], minlength=10), natural) < chi2_bound(9)
 
@@ -272,22 +277,22 @@ def test_pair_sampler_reproducible_from_generator_state() -> None:
     labels = shuffled_labels([300, 100, 30, 10], seed=2)
     pair = _pair(labels, 32)
     g = gen(123)
-    list(pair.epoch(g))  # advance one epoch
+    pair.plan(1, g)  # advance one epoch
     state = g.get_state()
-    first = list(pair.epoch(g))
+    first = pair.plan(2, g)
     g.set_state(state)
-    again = list(pair.epoch(g))
+    again = pair.plan(2, g)
     assert len(first) == len(again) == 440 // 32
     for (c1, r1), (c2, r2) in zip(first, again):
         assert torch.equal(c1, c2) and torch.equal(r1, r2)
-    nxt = list(pair.epoch(g))
+    nxt = pair.plan(3, g)
     assert not all(torch.equal(r1, r2) for (_, r1), (_, r2) in zip(first, nxt))
 
 
 def test_pair_sampler_with_uniform_rebalance_option() -> None:
     labels = shuffled_labels([50, 30, 20], seed=4)
     pair = _pair(labels, 10, "uniform")
-    for idx_c, idx_r in pair.epoch(gen(0)):
+    for idx_c, idx_r in pair.plan(1, gen(0)):
         assert idx_c.shape == idx_r.shape == (10,)
         assert int(idx_r.min()) >= 0 and int(idx_r.max()) < 100
 
@@ -318,3 +323,78 @@ def test_registry_unknown_far_name_has_no_suggestion() -> None:
         REBALANCE_SAMPLERS.get("zzzzzzzzzz")
     assert "did you mean" not in str(info.value)
     assert "known: reversed, balanced, uniform" in str(info.value)
+
+
+# ---------------------------------------------------------------- epoch-dependent samplers
+
+
+class ProgressiveSampler(ClassSampler):
+    """Class probabilities moving linearly from the natural distribution (epoch 1) to the
+    reversed one (the last epoch): a sampler whose draws depend on the epoch."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int, epochs: int) -> None:
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        super().__init__(labels, reversed_class_probs(counts))
+        self.natural = counts / counts.sum()
+        self.epochs = epochs
+
+    def probs_at(self, epoch: int) -> torch.Tensor:
+        t = (epoch - 1) / (self.epochs - 1)
+        return (1 - t) * self.natural + t * self.class_probs
+
+
+PROGRESSIVE_EPOCHS = 5
+
+
+@pytest.mark.parametrize("epoch", [1, 3, 5])
+def test_epoch_dependent_sampler_draws_with_the_epochs_probabilities(epoch: int) -> None:
+    labels = shuffled_labels(C10_IR100, seed=12)
+    sampler = ProgressiveSampler(labels, 10, PROGRESSIVE_EPOCHS)
+    probs = sampler.probs_at(epoch)
+    assert probs.sum().item() == pytest.approx(1.0)
+    idx = sampler.draw(N_DRAWS, epoch, gen(13))
+    observed = torch.bincount(labels[idx], minlength=10)
+    assert chi2_stat(observed, probs) < chi2_bound(9)
+    for other in {1, 3, 5} - {epoch}:  # and clearly not another epoch's probabilities
+        assert chi2_stat(observed, sampler.probs_at(other)) > 100 * chi2_bound(9)
+
+    # drawn_batches hands the epoch on: the batches are one draw of the epoch, cut in steps
+    batches = drawn_batches(sampler, 7, 64, epoch, gen(14))
+    assert isinstance(batches, list) and [len(b) for b in batches] == [64] * 7
+    assert torch.equal(torch.cat(batches), sampler.draw(7 * 64, epoch, gen(14)))
+
+    # so does the pair sampler: the uniform permutation first, then all the epoch's draws
+    pair = BBNPairSampler(UniformSampler(len(labels), 128, drop_last=True), sampler)
+    steps = pair.plan(epoch, gen(15))
+    g = gen(15)
+    uniform = list(pair.uniform.epoch(g))
+    drawn = sampler.draw(len(pair) * 128, epoch, g)
+    assert all(torch.equal(c, u) for (c, _), u in zip(steps, uniform))
+    assert torch.equal(torch.cat([r for _, r in steps]), drawn)
+    r_classes = torch.bincount(labels[torch.cat([r for e in range(20) for _, r in pair.plan(epoch, gen(16 + e))])],
+                               minlength=10)
+    assert chi2_stat(r_classes, probs) < chi2_bound(9)
+
+
+@pytest.mark.parametrize("method_name", ["bbn", "rs"])
+def test_methods_plan_with_the_epochs_sampler_probabilities(method_name: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # a registered epoch-dependent sampler is told the epoch a method plans
+    from bbn.config import build_config
+    from bbn.methods import METHODS
+
+    monkeypatch.setitem(REBALANCE_SAMPLERS._items, "progressive", ProgressiveSampler)
+    monkeypatch.setattr("bbn.methods.baselines.Resampling.sampler", lambda self, epoch: "progressive")
+    labels = shuffled_labels(C10_IR100, seed=17)
+    cfg = build_config({}, ["train.batch_size=128", f"train.epochs={PROGRESSIVE_EPOCHS}",
+                            f"method.name={method_name}", "method.rebalance_sampler=progressive"])
+    method = METHODS.get(method_name)(cfg, labels, 10)
+    reference = ProgressiveSampler(labels, 10, PROGRESSIVE_EPOCHS)
+    for epoch in (1, PROGRESSIVE_EPOCHS):
+        g = gen(18)
+        plan = method.plan(epoch, g)
+        drawn = torch.cat([step[-1] for step in plan])  # the re-balancing stream
+        observed = torch.bincount(labels[drawn], minlength=10)
+        assert chi2_stat(observed, reference.probs_at(epoch)) < chi2_bound(9)
+        other = PROGRESSIVE_EPOCHS + 1 - epoch
+        assert chi2_stat(observed, reference.probs_at(other)) > 10 * chi2_bound(9)

@@ -9,8 +9,9 @@ from bbn.config import load_config
 from bbn.data.loader import DeviceImages
 from bbn.errors import BBNError
 from bbn.engine.speed import autocast, autocast_dtype, bf16_fast, compile_model, memory_format
-from bbn.engine.train import build_session
-from test_methods import MEAN, STD, make, tiny_images
+from bbn.engine.session import Trainer, build_trainer
+from bbn.methods import StepContext
+from test_methods import MEAN, STD, first_step, gather, make, tiny_images
 
 CPU = torch.device("cpu")
 
@@ -25,11 +26,11 @@ def test_precision_names() -> None:
 
 def test_channels_last_batches_hold_the_same_values() -> None:
     data = tiny_images()
-    plain = DeviceImages.create(data, MEAN, STD, CPU)
-    nhwc = DeviceImages.create(data, MEAN, STD, CPU, memory_format(True))
+    plain = DeviceImages.create(data, MEAN, STD, CPU, padding=1, flip=True)
+    nhwc = DeviceImages.create(data, MEAN, STD, CPU, memory_format(True), padding=1, flip=True)
     idx = torch.tensor([3, 0, 7, 7, 12])
-    a, ya = plain.train_batch(idx, 1, True, torch.Generator().manual_seed(5))
-    b, yb = nhwc.train_batch(idx, 1, True, torch.Generator().manual_seed(5))
+    a, ya = plain.gather(idx, torch.Generator().manual_seed(5))
+    b, yb = nhwc.gather(idx, torch.Generator().manual_seed(5))
     assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b) and torch.equal(ya, yb)
     for (x1, _), (x2, _) in zip(plain.eval_batches(8), nhwc.eval_batches(8)):
@@ -42,8 +43,9 @@ def test_channels_last_model_gives_the_same_loss() -> None:
         method, model, data = make("bbn", "bbn_resnet32")
         model.to(memory_format=fmt)
         data.memory_format = fmt
-        losses.append(method.step(model, data, next(iter(method.epoch_batches(torch.Generator().manual_seed(1)))),
-                                  torch.Generator().manual_seed(2)).loss.item())
+        batch = gather(data, first_step(method, 1, torch.Generator().manual_seed(1)))
+        assert batch.x_c.is_contiguous(memory_format=fmt) and batch.x_r.is_contiguous(memory_format=fmt)
+        losses.append(method.step(model, batch, StepContext(1, 1, torch.Generator().manual_seed(2))).loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
@@ -51,21 +53,22 @@ def test_bf16_autocast_step_is_close_to_fp32() -> None:
     losses = []
     for dtype in (None, torch.bfloat16):
         method, model, data = make("bbn", "bbn_resnet32")
-        batch = next(iter(method.epoch_batches(torch.Generator().manual_seed(1))))
+        batch = gather(data, first_step(method, 1, torch.Generator().manual_seed(1)))
         with autocast(CPU, dtype):
-            out = method.step(model, data, batch, torch.Generator().manual_seed(2))
+            out = method.step(model, batch, StepContext(1, 1, torch.Generator().manual_seed(2)))
         losses.append(out.loss.item())
         assert out.loss.dtype == torch.float32  # the loss is reduced in fp32 under autocast
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
 
 
-def test_session_applies_the_switches() -> None:
-    s = build_session(load_config(None, ["train.channels_last=true", "train.precision=bf16", "train.threads=1"]))
-    assert s.amp_dtype is torch.bfloat16
-    assert s.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert s.train_set.memory_format is torch.channels_last
-    s = build_session(load_config(None, ["train.channels_last=false", "train.threads=1"]))
-    assert s.amp_dtype is None and s.train_set.memory_format is torch.contiguous_format
+def test_trainer_applies_the_switches() -> None:
+    t = build_trainer(load_config(None, ["train.channels_last=true", "train.precision=bf16", "train.threads=1"]))
+    assert isinstance(t, Trainer)
+    assert t.amp_dtype is torch.bfloat16
+    assert t.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert t.train_set.memory_format is torch.channels_last
+    t = build_trainer(load_config(None, ["train.channels_last=false", "train.threads=1"]))
+    assert t.amp_dtype is None and t.train_set.memory_format is torch.contiguous_format
 
 
 def test_compile_keeps_names_and_refuses_other_models() -> None:

@@ -110,9 +110,9 @@ def _recorded_labels(monkeypatch: pytest.MonkeyPatch, feats, rule: str, epochs: 
     seen: list[torch.Tensor] = []
     samplers: list[str] = []
 
-    def recording(labels, num_classes, sampler, batch_size, generator):
+    def recording(labels, num_classes, sampler, batch_size, epoch, epochs, generator):
         samplers.append(sampler)
-        for idx in stage2_batches(labels, num_classes, sampler, batch_size, generator):
+        for idx in stage2_batches(labels, num_classes, sampler, batch_size, epoch, epochs, generator):
             seen.append(labels[idx])
             yield idx
 

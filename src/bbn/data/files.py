@@ -1,15 +1,12 @@
 """File-backed datasets: `ImageFiles` (image paths, labels, class names) and `FileImages`,
 the training / test set that decodes them in DataLoader workers.
 
-`FileImages` offers the methods the same interface as the in-memory `DeviceImages`
-(`train_batch`, `eval_batches`, `__len__`, `labels`). At the start of an epoch the trainer
-hands it the epoch's index batches (`plan_epoch`); the workers decode, crop and flip them
-ahead of the step, in the order the method's step asks for them (BBN: idx_c, then idx_r),
-and `train_batch(idx)` returns the next one after checking it is the batch asked for.
-
-Augmentation draws come from one seed per epoch, drawn from the training generator, and
-the batch's number in the epoch, so a run is reproducible and its images do not depend on
-the number of workers.
+`FileImages` offers the trainer the same interface as the in-memory `DeviceImages`
+(`train_batches`, `eval_batches`, `__len__`, `labels`): a DataLoader over the epoch's planned
+index batches, whose workers decode, crop and flip each one ahead of the step. Every batch's
+augmentation draws come from the seed planned with it, so a run is reproducible, an epoch
+resumed part-way decodes only the steps it has left, and the images do not depend on the
+number of workers.
 
 Unreadable images (missing or corrupt files): in a training batch the image is replaced by
 the next readable image of the same class (in the class's file order), so the batch keeps
@@ -22,7 +19,6 @@ twice). Each is warned about once and listed in RUN/skipped_images.txt; with
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -130,8 +126,8 @@ class _Batch(NamedTuple):
 
 
 class _Decoder(Dataset):
-    """Worker side: an item is a whole planned batch `(seed, number, indices)`; seed None
-    means a test batch (center crop, unreadable images left out)."""
+    """Worker side: an item is a whole planned batch `(seed, indices)`; seed None means a
+    test batch (center crop, unreadable images left out)."""
 
     def __init__(self, files: ImageFiles, train_crop: Callable, test_crop: Callable, size: int,
                  strict: bool) -> None:
@@ -191,7 +187,7 @@ class _Decoder(Dataset):
         finally:
             torch.set_num_threads(threads)
 
-    def _make(self, seed: int | None, number: int, index: np.ndarray) -> _Batch:
+    def _make(self, seed: int | None, index: np.ndarray) -> _Batch:
         skipped: list[tuple[str, str]] = []
         images: list[torch.Tensor] = []
         kept: list[int] = []
@@ -206,7 +202,7 @@ class _Decoder(Dataset):
                 images.append(self.test_crop(image))
             return self._batch(images, np.asarray(kept, dtype=np.int64), skipped)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed + number)
+            torch.default_generator.manual_seed(seed)
             for i in index.tolist():
                 image, error = self._train_image(i, skipped)
                 if image is None:
@@ -227,44 +223,14 @@ class _Plan:
     """The batches a loader decodes, replaceable between epochs (so persistent workers serve
     every epoch)."""
 
-    def __init__(self, items: list[tuple[int | None, int, np.ndarray]] | None = None) -> None:
+    def __init__(self, items: list[tuple[int | None, np.ndarray]] | None = None) -> None:
         self.items = items or []
 
-    def __iter__(self) -> Iterator[tuple[int | None, int, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[int | None, np.ndarray]]:
         return iter(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def _flatten(batch: Any) -> list[torch.Tensor]:
-    """A step's index tensors in the order its method reads them (BBN: idx_c, idx_r)."""
-    if isinstance(batch, (tuple, list)):
-        return [t for part in batch for t in _flatten(part)]
-    return [batch]
-
-
-class _Epoch:
-    """One epoch's planned batches, its augmentation seed, and how many the loop has taken."""
-
-    def __init__(self, seed: int, batches: list[Any]) -> None:
-        self.seed, self.batches, self.yielded = seed, batches, 0
-        self.flat: list[np.ndarray] = []
-        self.offsets: list[int] = []  # position in `flat` of each batch's first tensor
-        for batch in batches:
-            self.offsets.append(len(self.flat))
-            self.flat.extend(t.cpu().numpy().astype(np.int64, copy=True) for t in _flatten(batch))
-
-    def iterate(self) -> Iterator[Any]:
-        for batch in self.batches:
-            self.yielded += 1
-            yield batch
-
-    def items(self, from_batch: int) -> list[tuple[int | None, int, np.ndarray]]:
-        """The decoding plan from batch `from_batch` on; each tensor keeps its number in the
-        epoch (its augmentation seed is seed + number wherever decoding starts)."""
-        first = self.offsets[from_batch]
-        return [(self.seed, k, self.flat[k]) for k in range(first, len(self.flat))]
 
 
 class FileImages:
@@ -274,7 +240,7 @@ class FileImages:
 
     def __init__(self, files: ImageFiles, cfg: Config, mean: Sequence[float], std: Sequence[float],
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 split: str = "train") -> None:
+                 split: str = "train", skip_log: Path | None = None) -> None:
         self.files = files
         self.labels = files.labels.to(device)
         self.normalize = Normalize(mean, std, device)
@@ -284,18 +250,12 @@ class FileImages:
                                  crop_transform(cfg.data, False), crop_size(cfg.data), cfg.data.strict)
         self._plan = _Plan()
         self._train_loader: DataLoader | None = None
-        self._train_iter: Iterator[_Batch] | None = None
-        self._epoch: _Epoch | None = None
         self._eval_loaders: dict[int, DataLoader] = {}
         self.skipped: dict[str, str] = {}
-        self.skip_log: Path | None = None
+        self.skip_log = skip_log  # every skipped image is appended there (the run's skipped_images.txt)
 
     def __len__(self) -> int:
         return len(self.files)
-
-    def set_skip_log(self, path: Path | None) -> None:
-        """Append every skipped image to `path` (the run folder's skipped_images.txt)."""
-        self.skip_log = path
 
     def _loader(self, plan: _Plan) -> DataLoader:
         kwargs: dict[str, Any] = {}
@@ -304,54 +264,36 @@ class FileImages:
         return DataLoader(self._decoder, batch_size=None, sampler=plan, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", **kwargs)
 
-    def plan_epoch(self, batches: Iterable[Any], steps: int | None, generator: torch.Generator) -> Iterator[Any]:
-        """Take the epoch's index batches (the first `steps`) and return them for the training
-        loop; draws the epoch's augmentation seed from `generator`. Decoding starts at the
-        first `train_batch`, from the batch the loop is at, so a loop that skips ahead (an
-        epoch resumed part-way) decodes only what it trains on, with the same draws."""
-        planned = list(batches if steps is None else itertools.islice(batches, steps))
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        self._epoch = _Epoch(seed, planned)
-        self._train_iter = None
-        return self._epoch.iterate()
-
-    def train_batch(self, idx: torch.Tensor, padding: int, flip: bool,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next planned batch, which must be `idx`: augmented in the workers (CIFAR's
-        `padding` does not apply; the draws come from the epoch's seed, not `generator`),
-        normalised on the device."""
-        if self._train_iter is None:
-            if self._epoch is None or self._epoch.yielded == 0:
-                raise RuntimeError("FileImages.train_batch called before the loop took a batch of plan_epoch")
-            self._plan.items = self._epoch.items(from_batch=self._epoch.yielded - 1)
-            if self._train_loader is None:
-                self._train_loader = self._loader(self._plan)
-            self._train_iter = iter(self._train_loader)
-        try:
-            batch = next(self._train_iter)
-        except StopIteration:
-            raise RuntimeError("FileImages.train_batch asked for more batches than the epoch's plan holds") from None
-        if not torch.equal(batch.index, idx.cpu()):
-            raise RuntimeError("FileImages.train_batch got a batch out of the planned order; "
-                               "plan_epoch must see the batches exactly as the steps use them")
-        self._note(batch, evaluating=False)
-        return self._on_device(batch.images), batch.labels.to(self.device, non_blocking=True)
+    def train_batches(self, steps: Sequence[Sequence[tuple[torch.Tensor, int]]]
+                      ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per step, each stream's images decoded, cropped and flipped in the workers (the
+        draws from the stream's seed; CIFAR's crop padding does not apply) and normalised on
+        the device. The workers start on the first batch when the loop asks for it."""
+        self._plan.items = [(seed, idx.cpu().numpy().astype(np.int64, copy=True))
+                            for step in steps for idx, seed in step]
+        if self._train_loader is None:
+            self._train_loader = self._loader(self._plan)
+        decoded = iter(self._train_loader)
+        for step in steps:
+            yield [self._received(next(decoded), evaluating=False) for _ in step]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised, center-cropped batches in order, without the unreadable images."""
         if batch_size not in self._eval_loaders:
             starts = range(0, len(self), batch_size)
-            plan = _Plan([(None, k, np.arange(s, min(s + batch_size, len(self)), dtype=np.int64))
-                          for k, s in enumerate(starts)])
+            plan = _Plan([(None, np.arange(s, min(s + batch_size, len(self)), dtype=np.int64)) for s in starts])
             self._eval_loaders[batch_size] = self._loader(plan)
         for batch in self._eval_loaders[batch_size]:
-            self._note(batch, evaluating=True)
-            if len(batch.labels):
-                yield self._on_device(batch.images), batch.labels.to(self.device, non_blocking=True)
+            x, y = self._received(batch, evaluating=True)
+            if len(y):
+                yield x, y
 
-    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
-        return self.normalize(x).contiguous(memory_format=self.memory_format)
+    def _received(self, batch: _Batch, evaluating: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A worker's batch on the device, normalised, after noting its unreadable images."""
+        self._note(batch, evaluating)
+        x = batch.images.to(self.device, non_blocking=True)
+        x = self.normalize(x).contiguous(memory_format=self.memory_format)
+        return x, batch.labels.to(self.device, non_blocking=True)
 
     def _note(self, batch: _Batch, evaluating: bool) -> None:
         if batch.error:  # the error alone: in strict mode the image was not skipped, the run stops

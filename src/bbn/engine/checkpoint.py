@@ -17,13 +17,11 @@ import hashlib
 import io
 import math
 import os
-import random
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from bbn.errors import BBNError, first_line
@@ -32,9 +30,10 @@ from bbn.engine.runs import write_atomically
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
 # The state dict's own layout. 2: + Python/NumPy RNG states and `partial` (a mid-epoch
-# position); 1 still resumes.
-CHECKPOINT_FORMAT = 2
-RESUMABLE_FORMATS = (1, 2)
+# position). 3: every draw is keyed by its position (bbn.engine.keys): no generator or RNG
+# state is saved. 1 and 2 still resume (their saved generator states are not needed).
+CHECKPOINT_FORMAT = 3
+RESUMABLE_FORMATS = (1, 2, 3)
 
 
 class CorruptCheckpoint(BBNError):
@@ -203,29 +202,3 @@ def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> di
                            "checkpoints; use a checkpoint written by bbn train, or start the run again") from None
         warn(f"{exc}; using the previous one '{prev}'")
         return payload
-
-
-def rng_states() -> dict[str, Any]:
-    """The process-wide random states a resumed run must continue from: torch's (and CUDA's
-    when in use), Python's `random` and NumPy's global generator, as checkpoint entries."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-              "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                            "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda_rng"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(payload: dict[str, Any]) -> None:
-    """Restore the states `rng_states` recorded (those present in `payload`)."""
-    if "torch_rng" in payload:
-        torch.set_rng_state(payload["torch_rng"])
-    if "python_rng" in payload:
-        version, internal, gauss = payload["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy_rng" in payload:
-        n = payload["numpy_rng"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda_rng" in payload and torch.cuda.is_available() and len(payload["cuda_rng"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])

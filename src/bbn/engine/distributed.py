@@ -3,12 +3,12 @@
 How a run is split (the global recipe does not depend on the number of processes):
 * `train.batch_size` is the global batch: each of the W ranks trains on a 1/W share of
   every step's batch, so the learning-rate schedule and the epoch length stay the paper's.
-* Every rank draws the epoch's index batches from the same generator (the run's seed), so
-  all ranks hold the same uniform permutation and the same re-balancing draws; rank r keeps
-  the r-th share of each (`shard`). The ranks' shares are disjoint and together they are
-  exactly the batches a single process would train on.
-* What is random per image inside a step (crops, flips, Mixup's lambda) comes from a
-  generator of the rank's own, seeded by the run's seed, the epoch and the rank.
+* Every rank draws the epoch's index batches from the same keyed generator (bbn.engine.keys),
+  so all ranks hold the same uniform permutation and the same re-balancing draws; rank r
+  keeps the r-th share of each (`World.shard`). The ranks' shares are disjoint and together
+  they are exactly the batches a single process would train on.
+* A step's own draws (Mixup's lambda, a stochastic alpha) are the same on every rank; what
+  is random per image (crops, flips) is keyed by the rank too.
 * Gradients are averaged by DistributedDataParallel; `train.sync_bn` makes BatchNorm use
   statistics over the whole global batch (CUDA only); otherwise each rank normalises its
   share, as the reference's DataParallel did per GPU.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,8 @@ from bbn.errors import BBNError
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the training processes."""
+    """This process's place among the training processes, and what they do together. For a
+    single process every collective is the identity, so a caller never branches on it."""
 
     rank: int = 0
     size: int = 1
@@ -44,6 +45,63 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+    def shard(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """This rank's share of a step's index tensors: the r-th of W near-equal contiguous
+        pieces of each stream."""
+        if not self.distributed:
+            return batch
+        return tuple(torch.tensor_split(idx, self.size)[self.rank] for idx in batch)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank (a stop request)."""
+        if not self.distributed:
+            return flag
+        out = torch.tensor([float(flag)])
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return bool(out.item() > 0)
+
+    def all_true(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on every rank (a step all may apply)."""
+        return not self.agree(not flag)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum of `values` over the ranks (itself for a single process)."""
+        if not self.distributed:
+            return values
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of `values` over the ranks."""
+        return self.sum(values) / self.size
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def step_module(self, model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
+        """The module that runs a method's step on `model`: `MethodStep(model)`, under
+        DistributedDataParallel for several processes (SyncBatchNorm first when asked)."""
+        if not self.distributed:
+            return MethodStep(model)
+        if sync_bn:
+            if device.type != "cuda":
+                raise BBNError("train.sync_bn needs CUDA devices (BatchNorm statistics are synchronised over "
+                               "NCCL); set train.sync_bn=false on CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # device_ids=None: the model already sits on this rank's device, and the step's
+        # arguments (method, batch, context) are not to be moved.
+        return nn.parallel.DistributedDataParallel(MethodStep(model), device_ids=None)
 
 
 SINGLE = World()
@@ -100,65 +158,6 @@ def check_batch(batch_size: int, world: World) -> None:
                        f"use a multiple of {world.size} (it is the global batch)")
 
 
-def shard(batch: Any, world: World) -> Any:
-    """Rank r's share of an index batch: the r-th of W near-equal contiguous pieces of a
-    tensor, or of each tensor of a tuple (BBN's (idx_c, idx_r))."""
-    if not world.distributed:
-        return batch
-    if isinstance(batch, tuple):
-        return tuple(shard(b, world) for b in batch)
-    return torch.tensor_split(batch, world.size)[world.rank]
-
-
-def shard_batches(batches: Iterator[Any], world: World) -> Iterator[Any]:
-    """The epoch's batches as this rank trains them."""
-    for batch in batches:
-        yield shard(batch, world)
-
-
-def rank_generator(seed: int, epoch: int, step: int, world: World) -> torch.Generator:
-    """The generator of a rank's per-image randomness in one step of an epoch (crops, flips,
-    Mixup's lambda): a function of the seed, the position and the rank alone, so an epoch
-    resumed part-way, with any number of processes, draws what it would have drawn."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + step) * 4_099 + world.rank)
-
-
-def agree(flag: bool, world: World) -> bool:
-    """True on every rank when `flag` is true on any rank (a stop request, a skipped step)."""
-    if not world.distributed:
-        return flag
-    out = torch.tensor([float(flag)])
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return bool(out.item() > 0)
-
-
-def all_reduce_mean(values: torch.Tensor, world: World) -> torch.Tensor:
-    """The mean of `values` over the ranks (itself for a single process)."""
-    return all_reduce_sum(values, world) / world.size
-
-
-def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
-    if not world.distributed:
-        return values
-    out = values.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, world: World) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class MethodStep(nn.Module):
     """The model wrapped so that one call runs a method's whole step: DistributedDataParallel
     synchronises gradients of what happens inside a forward call, and a method's step calls
@@ -168,17 +167,5 @@ class MethodStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, method: Any, data: Any, batch: Any, generator: torch.Generator) -> Any:
-        return method.step(self.model, data, batch, generator)
-
-
-def data_parallel(model: nn.Module, world: World, sync_bn: bool, device: torch.device) -> nn.Module:
-    """`MethodStep(model)` under DistributedDataParallel (SyncBatchNorm first when asked)."""
-    if sync_bn:
-        if device.type != "cuda":
-            raise BBNError("train.sync_bn needs CUDA devices (BatchNorm statistics are synchronised over NCCL); "
-                           "set train.sync_bn=false on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # device_ids=None: the model already sits on this rank's device, and the step's
-    # arguments (method, data, generator) are not to be moved.
-    return nn.parallel.DistributedDataParallel(MethodStep(model), device_ids=None)
+    def forward(self, method: Any, batch: Any, ctx: Any) -> Any:
+        return method.step(self.model, batch, ctx)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from bbn.engine.checkpoint import load_checkpoint
 from bbn.config import Config, build_config
 from bbn.devices import resolve_device
-from bbn.data.loader import DeviceImages
+from bbn.data.loader import ImageSet
 from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
 from bbn.errors import BBNError
@@ -22,7 +22,7 @@ from bbn.engine.runs import RunDir
 
 
 @torch.no_grad()
-def infer(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], data: DeviceImages,
+def infer(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], data: ImageSet,
                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`logits_of(x)` (logits or features) over every batch of `data` in order, un-augmented,
     with `model` in eval mode, and the labels."""
@@ -36,12 +36,12 @@ def infer(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], d
     return torch.cat(logits), torch.cat(labels)
 
 
-def predict(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, data: ImageSet, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference logits (for BBN: alpha = 0.5, both branches on the same image) and labels."""
     return infer(model, model, data, batch_size)
 
 
-def evaluate(model: nn.Module, data: DeviceImages, train_counts: list[int], batch_size: int) -> dict[str, Any]:
+def evaluate(model: nn.Module, data: ImageSet, train_counts: list[int], batch_size: int) -> dict[str, Any]:
     logits, labels = predict(model, data, batch_size)
     return classification_metrics(logits, labels, train_counts)
 

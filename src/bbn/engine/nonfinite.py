@@ -4,7 +4,7 @@ how to find the step that had one."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -16,22 +16,20 @@ class NonFiniteLoss(BBNError):
     """A step's loss was NaN or inf (train.on_nonfinite=stop), or every step of an epoch was skipped."""
 
 
-def batch_classes(labels: torch.Tensor, batch: Any, shown: int = 8) -> str:
-    """The class ids of a batch of image indices (a tensor, or a tuple of them per branch)."""
-    parts = batch if isinstance(batch, (tuple, list)) else (batch,)
-    idx = torch.cat([p.reshape(-1).cpu() for p in parts])
-    classes = torch.unique(labels.cpu()[idx]).tolist()
+def batch_classes(labels: Sequence[torch.Tensor], shown: int = 8) -> str:
+    """The class ids in a step's labels (one tensor per stream)."""
+    classes = torch.unique(torch.cat([y.reshape(-1).cpu() for y in labels])).tolist()
     more = f", ... ({len(classes)} classes)" if len(classes) > shown else ""
     return ", ".join(str(c) for c in classes[:shown]) + more
 
 
-def first_nonfinite(labels: torch.Tensor, epoch: int, steps: int,
-                    pending: list[tuple[int, Any, torch.Tensor]]) -> NonFiniteLoss:
-    """The error naming the first of `pending` (step, batch, loss) whose loss is NaN or inf."""
-    for i, batch, loss in pending:
+def first_nonfinite(epoch: int, steps: int,
+                    pending: list[tuple[int, Sequence[torch.Tensor], torch.Tensor]]) -> NonFiniteLoss:
+    """The error naming the first of `pending` (step, its labels, loss) whose loss is NaN or inf."""
+    for i, labels, loss in pending:
         if not math.isfinite(value := loss.item()):
             return NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, step {i}/{steps} "
-                                 f"(batch classes {batch_classes(labels, batch)})")
+                                 f"(batch classes {batch_classes(labels)})")
     return NonFiniteLoss(f"non-finite loss at epoch {epoch}, before step {pending[0][0] if pending else steps}")
 
 

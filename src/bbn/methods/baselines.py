@@ -46,12 +46,12 @@ class ClassWeighted(SingleBranch):
             self._copies[key] = t.to(z)
         return self._copies[key]
 
-    def _weights_like(self, z: torch.Tensor) -> torch.Tensor | None:
-        w = self.class_weights(self.epoch)
+    def _weights_like(self, z: torch.Tensor, epoch: int) -> torch.Tensor | None:
+        w = self.class_weights(epoch)
         return None if w is None else self._on("w", w, z)
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return weighted_cross_entropy(z, y, self._weights_like(z))
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return weighted_cross_entropy(z, y, self._weights_like(z, epoch))
 
 
 @METHODS.register("rw")
@@ -78,7 +78,7 @@ class Resampling(SingleBranch):
 class Focal(SingleBranch):
     """Focal loss -(1 - p_t)^gamma log p_t, gamma = method.focal_gamma, uniform sampler."""
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         return focal_loss(z, y, self.cfg.method.focal_gamma)
 
 
@@ -94,7 +94,7 @@ class ClassBalancedFocal(ClassWeighted):
     def class_weights(self, epoch: int) -> torch.Tensor | None:
         return self.weights
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         w = self._on("w", self.weights, z)
         return class_balanced_focal_loss(z, y, self.cfg.method.focal_gamma, w)
 
@@ -143,6 +143,6 @@ class LDAMDRW(DeferredReweighting):
                 "is not one (use model.name=resnet32_cosine)"
             )
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         margins = self._on("m", self.margins, z)
-        return ldam_loss(z, y, margins, self.cfg.method.ldam_scale, self._weights_like(z))
+        return ldam_loss(z, y, margins, self.cfg.method.ldam_scale, self._weights_like(z, epoch))

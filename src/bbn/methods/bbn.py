@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 import torch.nn as nn
 
 from bbn.config import Config
-from bbn.data.loader import DeviceImages
-from bbn.data.samplers import REBALANCE_SAMPLERS, BBNPairSampler, UniformSampler
 from bbn.errors import BBNError
 from bbn.losses import cumulative_accuracy, cumulative_loss
-from bbn.methods.base import METHODS, Method, StepResult
+from bbn.methods.base import METHODS, Batch, Method, StepContext, StepResult
 from bbn.methods.cumulative import ADAPTORS, cumulative_alpha, is_stochastic
 from bbn.models.bilateral import BilateralModel
+from bbn.samplers import REBALANCE_SAMPLERS, BBNPairSampler, Plan, UniformSampler
 
 
 @METHODS.register("bbn", reads={"method.adaptor", "method.rebalance_sampler"})
@@ -24,11 +21,15 @@ class BBN(Method):
 
     def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
         super().__init__(cfg, labels, num_classes)
-        ADAPTORS.get(cfg.method.adaptor)  # fail early on an unknown name
+        self.check_config(cfg)
         uniform = UniformSampler(len(labels), cfg.train.batch_size, cfg.train.drop_last)
-        rebalance = REBALANCE_SAMPLERS.get(cfg.method.rebalance_sampler)(labels, num_classes)
+        rebalance = REBALANCE_SAMPLERS.get(cfg.method.rebalance_sampler)(labels, num_classes, cfg.train.epochs)
         self.sampler = BBNPairSampler(uniform, rebalance)
-        self.epoch = 1
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        ADAPTORS.get(cfg.method.adaptor)
+        REBALANCE_SAMPLERS.get(cfg.method.rebalance_sampler)
 
     def check_model(self, model: nn.Module) -> None:
         if not isinstance(model, BilateralModel):
@@ -40,27 +41,19 @@ class BBN(Method):
     def steps_per_epoch(self) -> int:
         return len(self.sampler)
 
-    def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.sampler.epoch(generator)
+    def plan(self, epoch: int, generator: torch.Generator) -> Plan:
+        """(idx_c, idx_r) per step: the uniform sampler's batch and as many re-balancing draws."""
+        return self.sampler.plan(epoch, generator)
 
-    def start_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float | None]:
-        self.epoch = epoch
+    def logged(self, epoch: int) -> dict[str, float | None]:
         if is_stochastic(self.cfg.method.adaptor):
             return {"alpha": None}
-        return {"alpha": self._alpha(generator)}
+        return {"alpha": cumulative_alpha(self.cfg.method.adaptor, epoch, self.cfg.train.epochs, None)}
 
-    def _alpha(self, generator: torch.Generator) -> float:
-        return cumulative_alpha(self.cfg.method.adaptor, self.epoch, self.cfg.train.epochs, generator)
-
-    def step(self, model: BilateralModel, data: DeviceImages,
-             batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> StepResult:
-        aug = self.cfg.augment
-        idx_c, idx_r = batch
-        alpha = self._alpha(generator)
-        x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, generator)  # uniform sampler
-        x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, generator)  # reversed sampler
-        f_c = model.features(x_c, "cb")
-        f_r = model.features(x_r, "rb")
+    def step(self, model: BilateralModel, batch: Batch, ctx: StepContext) -> StepResult:
+        alpha = cumulative_alpha(self.cfg.method.adaptor, ctx.epoch, self.cfg.train.epochs, ctx.generator)
+        f_c = model.features(batch.x_c, "cb")  # uniform sampler
+        f_r = model.features(batch.x_r, "rb")  # reversed sampler
         z = model.logits(f_c, f_r, alpha)
-        loss = cumulative_loss(z, y_c, y_r, alpha)
-        return StepResult(loss, cumulative_accuracy(z, y_c, y_r, alpha), len(y_c) + len(y_r))
+        loss = cumulative_loss(z, batch.y_c, batch.y_r, alpha)
+        return StepResult(loss, cumulative_accuracy(z, batch.y_c, batch.y_r, alpha), len(batch.y_c) + len(batch.y_r))

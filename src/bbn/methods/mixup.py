@@ -7,26 +7,24 @@
   element i with element i.
 
 One lam ~ Beta(a, a) per batch (a = `method.mixup_alpha`); the loss is
-lam * CE(z, y_a) + (1 - lam) * CE(z, y_b). Every draw comes from the step's generator, in
-the order: augmentation, lam, k (manifold variants), permutation (one-sampler variants).
+lam * CE(z, y_a) + (1 - lam) * CE(z, y_b). Every draw comes from the step's generator
+(`StepContext.generator`), in the order: lam, k (manifold variants), permutation
+(one-sampler variants).
 """
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 import torch.nn as nn
 
 from bbn.config import Config
-from bbn.data.loader import DeviceImages
-from bbn.data.samplers import BBNPairSampler, reversed_sampler
 from bbn.errors import BBNError
 from bbn.losses import cumulative_accuracy, mixup_loss
-from bbn.methods.base import METHODS, StepResult
+from bbn.methods.base import METHODS, Batch, StepContext, StepResult
 from bbn.methods.draws import beta_draw
 from bbn.methods.single import SingleBranch
 from bbn.models.resnet_cifar import ResNet32
+from bbn.samplers import BBNPairSampler, Plan, reversed_sampler
 
 # Manifold Mixup's eligible layers for a CIFAR ResNet: the input, after stage 1, after stage 2
 # (the choice of the Manifold Mixup authors' CIFAR networks; stage 3 feeds the classifier).
@@ -61,10 +59,8 @@ def _result(z: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float, i
 class Mixup(SingleBranch):
     """Uniform sampler; the network sees lam * x + (1 - lam) * x[perm]."""
 
-    def step(self, model: nn.Module, data: DeviceImages, batch: torch.Tensor,
-             generator: torch.Generator) -> StepResult:
-        aug = self.cfg.augment
-        x, y = data.train_batch(batch, aug.crop_padding, aug.flip, generator)
+    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepResult:
+        x, y, generator = batch.x_c, batch.y_c, ctx.generator
         lam = mixup_lambda(self.cfg.method.mixup_alpha, generator)
         perm = _permutation(len(y), generator, y.device)
         z = model(mix(x, x[perm], lam))
@@ -83,10 +79,8 @@ class ManifoldMixup(Mixup):
                 f"model.name='{self.cfg.model.name}' is not it (use model.name=resnet32)"
             )
 
-    def step(self, model: ResNet32, data: DeviceImages, batch: torch.Tensor,
-             generator: torch.Generator) -> StepResult:
-        aug = self.cfg.augment
-        x, y = data.train_batch(batch, aug.crop_padding, aug.flip, generator)
+    def step(self, model: ResNet32, batch: Batch, ctx: StepContext) -> StepResult:
+        x, y, generator = batch.x_c, batch.y_c, ctx.generator
         lam = mixup_lambda(self.cfg.method.mixup_alpha, generator)
         k = mix_layer(generator)
         perm = _permutation(len(y), generator, y.device)
@@ -103,21 +97,17 @@ class ManifoldMixupTwoSamplers(ManifoldMixup):
 
     def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
         super().__init__(cfg, labels, num_classes)
-        self.pairs = BBNPairSampler(self.uniform, reversed_sampler(labels, num_classes))
+        self.pairs = BBNPairSampler(self.uniform, reversed_sampler(labels, num_classes, cfg.train.epochs))
 
     def steps_per_epoch(self) -> int:
         return len(self.pairs)
 
-    def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.pairs.epoch(generator)
+    def plan(self, epoch: int, generator: torch.Generator) -> Plan:
+        return self.pairs.plan(epoch, generator)
 
-    def step(self, model: ResNet32, data: DeviceImages, batch: tuple[torch.Tensor, torch.Tensor],
-             generator: torch.Generator) -> StepResult:
-        aug = self.cfg.augment
-        idx_c, idx_r = batch
-        x_c, y_c = data.train_batch(idx_c, aug.crop_padding, aug.flip, generator)  # uniform sampler
-        x_r, y_r = data.train_batch(idx_r, aug.crop_padding, aug.flip, generator)  # reversed sampler
-        lam = mixup_lambda(self.cfg.method.mixup_alpha, generator)
-        k = mix_layer(generator)
+    def step(self, model: ResNet32, batch: Batch, ctx: StepContext) -> StepResult:
+        x_c, y_c, x_r, y_r = batch  # uniform sampler, reversed sampler
+        lam = mixup_lambda(self.cfg.method.mixup_alpha, ctx.generator)
+        k = mix_layer(ctx.generator)
         z = model.forward_from(mix(model.hidden(x_c, k), model.hidden(x_r, k), lam), k)
         return _result(z, y_c, y_r, lam, len(y_c) + len(y_r))

@@ -4,19 +4,16 @@ plain CE control."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bbn.config import Config
-from bbn.data.loader import DeviceImages
-from bbn.data.samplers import REBALANCE_SAMPLERS, ClassSampler, InstanceSampler, UniformSampler, drawn_batches
 from bbn.errors import BBNError
-from bbn.methods.base import METHODS, Method, StepResult
+from bbn.methods.base import METHODS, Batch, Method, StepContext, StepResult
 from bbn.models.bilateral import BilateralModel
 from bbn.models.resnet_cifar import NormedLinear
+from bbn.samplers import REBALANCE_SAMPLERS, Plan, RebalanceSampler, UniformSampler, drawn_batches
 
 # DRW / DRS switch after 160 of 200 epochs (SPEC §6); other schedules keep the fraction.
 DEFER_FRACTION = 0.8
@@ -41,8 +38,7 @@ class SingleBranch(Method):
         super().__init__(cfg, labels, num_classes)
         self.uniform = UniformSampler(len(labels), cfg.train.batch_size, cfg.train.drop_last)
         self.class_counts = torch.bincount(labels.cpu(), minlength=num_classes)
-        self.epoch = 1
-        self._samplers: dict[str, ClassSampler | InstanceSampler] = {}
+        self._samplers: dict[str, RebalanceSampler] = {}
 
     def check_model(self, model: nn.Module) -> None:
         """The baselines train one plain network: refuse the bilateral and cosine models."""
@@ -56,33 +52,27 @@ class SingleBranch(Method):
         """Name of the epoch's sampler: 'uniform' (each image once) or a re-balancing one."""
         return "uniform"
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of logits `z` for labels `y` at `self.epoch`."""
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The training loss of logits `z` for labels `y` at the 1-based `epoch`."""
         return F.cross_entropy(z, y)
 
     def steps_per_epoch(self) -> int:
         return len(self.uniform)
 
-    def epoch_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    def plan(self, epoch: int, generator: torch.Generator) -> Plan:
         """The uniform epoch, or as many batches drawn from the epoch's re-balancing sampler."""
-        name = self.sampler(self.epoch)
+        name = self.sampler(epoch)
         if name == "uniform":
-            return self.uniform.epoch(generator)
+            return [(idx,) for idx in self.uniform.epoch(generator)]
         if name not in self._samplers:
-            self._samplers[name] = REBALANCE_SAMPLERS.get(name)(self.labels, self.num_classes)
-        return drawn_batches(self._samplers[name], self.steps_per_epoch(), self.cfg.train.batch_size, generator)
+            self._samplers[name] = REBALANCE_SAMPLERS.get(name)(self.labels, self.num_classes, self.cfg.train.epochs)
+        drawn = drawn_batches(self._samplers[name], self.steps_per_epoch(), self.cfg.train.batch_size, epoch, generator)
+        return [(idx,) for idx in drawn]
 
-    def start_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float | None]:
-        self.epoch = epoch
-        return {"alpha": None}
-
-    def step(self, model: nn.Module, data: DeviceImages, batch: torch.Tensor,
-             generator: torch.Generator) -> StepResult:
-        aug = self.cfg.augment
-        x, y = data.train_batch(batch, aug.crop_padding, aug.flip, generator)
-        z = model(x)
-        accuracy = (z.argmax(dim=1) == y).float().mean()
-        return StepResult(self.loss(z, y), accuracy, len(y))
+    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepResult:
+        z = model(batch.x_c)
+        accuracy = (z.argmax(dim=1) == batch.y_c).float().mean()
+        return StepResult(self.loss(z, batch.y_c, ctx.epoch), accuracy, len(batch.y_c))
 
 
 @METHODS.register("ce")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bbn.data.loader import DeviceImages, create_image_set
+from bbn.data.loader import ImageSet, create_image_set
 from bbn.devices import resolve_device
 from bbn.engine.evaluate import evaluate, infer, load_run
 from bbn.engine.metrics import classification_metrics
@@ -19,13 +19,13 @@ from bbn.models import BilateralModel, num_params
 from bbn.models.branches import BRANCH_LABELS
 
 
-def predict_branch(model: BilateralModel, data: DeviceImages, batch_size: int,
+def predict_branch(model: BilateralModel, data: ImageSet, batch_size: int,
                    branch: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of one branch alone ('cb': BBN-CB, W_c f_c + b; 'rb': BBN-RB, W_r f_r + b), and labels."""
     return infer(model, lambda x: model.branch_logits(x, branch), data, batch_size)
 
 
-def evaluate_branches(model: nn.Module, data: DeviceImages, train_counts: list[int],
+def evaluate_branches(model: nn.Module, data: ImageSet, train_counts: list[int],
                       batch_size: int) -> dict[str, dict[str, float | None]] | None:
     """{"BBN-CB": {top1, many, medium, few}, "BBN-RB": {...}}: each branch of a bilateral
     model evaluated alone (SPEC §2, §7); None for a model without branches."""

@@ -21,7 +21,7 @@ from bbn.tools.paper import METHOD_LABELS, method_label, paper_error
 from bbn.readers import override_keys, unread_reason
 from bbn.tools.runner import continue_run
 from bbn.engine.runs import write_json
-from bbn.engine.train import check_names
+from bbn.engine.session import check_names
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits"}
 

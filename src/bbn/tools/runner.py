@@ -11,38 +11,39 @@ from typing import Any, Callable
 
 from bbn.engine.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
-from bbn.engine.distributed import World, broadcast_object, init_world
+from bbn.engine.distributed import World, init_world
 from bbn.errors import BBNError
 from bbn.engine.faults import fault_point
 from bbn.models import num_params
 from bbn.engine.runs import (RunDir, check_checkpoint_config, check_same_config, create_run_dir, default_run_path,
                       restart_in_place, stopped_run)
-from bbn.engine.train import Session, build_session, fit, position, quiet_log, restore
+from bbn.engine.session import Trainer, TrainState, build_trainer, restore
+from bbn.engine.train import fit, quiet_log
 from bbn.tools.analysis import classifier_weight_norms
 from bbn.tools.evaluate import evaluate_branches
 from bbn.tools.report import write_report
 
 
-def report_run(s: Session, run: RunDir, final: dict[str, Any]) -> None:
+def report_run(t: Trainer, state: TrainState, run: RunDir, final: dict[str, Any]) -> None:
     """The finish hook of `bbn train`: add the classifier weight norms and, for BBN, each
     branch evaluated alone to final.json's content, then write report.md and its plots."""
-    final["weight_norms"] = classifier_weight_norms(s.model)
-    with s.autocast():
-        branches = evaluate_branches(s.model, s.test_set, s.data.class_counts, s.cfg.train.eval_batch_size)
+    final["weight_norms"] = classifier_weight_norms(t.model)
+    with t.autocast():
+        branches = evaluate_branches(t.model, t.test_set, t.data.class_counts, t.cfg.train.eval_batch_size)
     if branches is not None:
         final["branches"] = branches
     fault_point("finish.evaluated")
-    write_report(run.root, final, s.history, s.cfg.to_dict())
+    write_report(run.root, final, state.history, t.cfg.to_dict())
     fault_point("finish.report_written")
 
 
 def start_run(cfg: Config, out: str | Path | None, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
     """A new run: everything is validated before the run folder is created."""
-    session = build_session(cfg)
     path = out if out is not None else default_run_path(cfg)
-    run = _on_rank0(session.world, lambda: create_run_dir(path, cfg), RunDir(path))
+    trainer = build_trainer(cfg, skip_log=RunDir(path).skipped_images)
+    run = _on_rank0(trainer.world, lambda: create_run_dir(path, cfg), RunDir(path))
     try:
-        return run, _fit_fresh(session, run, progress, log, "run folder: ")
+        return run, _fit_fresh(trainer, run, progress, log, "run folder: ")
     finally:
         run.lock.release()
 
@@ -55,23 +56,23 @@ def _on_rank0(world: World, make: Callable[[], RunDir], other: RunDir) -> RunDir
             run = make()
         except BBNError as exc:
             error = str(exc)
-    error = broadcast_object(error, world)
+    error = world.broadcast(error)
     if error is not None:
         raise BBNError(error)
-    root = broadcast_object(str(run.root), world)
+    root = world.broadcast(str(run.root))
     return run if world.is_main else RunDir(root)
 
 
-def _fit_fresh(session: Session, run: RunDir, progress: bool, log, said: str) -> dict[str, Any]:
+def _fit_fresh(t: Trainer, run: RunDir, progress: bool, log, said: str) -> dict[str, Any]:
     """Train a locked run folder holding config.yaml and no last.pt from the start."""
-    if not session.world.is_main:
-        return fit(session, run, progress, log, on_finish=report_run)
-    log(f"{said}{run.root}  ({len(session.data.train)} training images, "
-        f"{session.data.train.num_classes} classes, {num_params(session.model):,} parameters, "
-        f"device {session.device})")
+    if not t.world.is_main:
+        return fit(t, TrainState(), run, progress, log, on_finish=report_run)
+    log(f"{said}{run.root}  ({len(t.data.train)} training images, "
+        f"{t.data.train.num_classes} classes, {num_params(t.model):,} parameters, "
+        f"device {t.device})")
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
-        return fit(session, run, progress, log, on_finish=report_run)
+        return fit(t, TrainState(), run, progress, log, on_finish=report_run)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -102,28 +103,28 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
     run = _on_rank0(world, lambda: _locked(run), run)
     try:
         if not run.last.is_file():
-            session = build_session(cfg)
-            if session.world.is_main:
+            trainer = build_trainer(cfg, skip_log=run.skipped_images)
+            if trainer.world.is_main:
                 restart_in_place(run)
-            return run, _fit_fresh(session, run, progress, log, "restarting from the start (no checkpoint yet): ")
+            return run, _fit_fresh(trainer, run, progress, log, "restarting from the start (no checkpoint yet): ")
         payload = load_checkpoint(run.last)
         if payload.get("format") not in RESUMABLE_FORMATS:
             raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
                            f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
         check_checkpoint_config(run, cfg, payload)
-        session = build_session(cfg, pretrained=False)
+        trainer = build_trainer(cfg, pretrained=False, skip_log=run.skipped_images)
         try:
-            restore(session, payload)
+            state = restore(trainer, payload)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             detail = " ".join(str(exc).split())[:160] or type(exc).__name__
             raise BBNError(f"checkpoint '{run.last}' does not fit the model of '{run.config}' ({detail}); "
                            "put back the run's own last.pt, or start a new run with bbn train --out") from None
-        if not session.world.is_main:
+        if not trainer.world.is_main:
             log = quiet_log
-        where = position(session) if session.partial else f"after epoch {session.epoch}/{cfg.train.epochs}"
+        where = state.position() if state.partial else f"after epoch {state.epoch}/{cfg.train.epochs}"
         log(f"resuming {run.root} {where}")
         with stopped_run(run, fresh=False):
-            return run, fit(session, run, progress, log, on_finish=report_run)
+            return run, fit(trainer, state, run, progress, log, on_finish=report_run)
     finally:
         run.lock.release()
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bbn.config import Config
-from bbn.data.samplers import REBALANCE_SAMPLERS, UniformSampler, drawn_batches
+from bbn.samplers import REBALANCE_SAMPLERS, UniformSampler, drawn_batches
 from bbn.errors import BBNError
 from bbn.losses import inverse_frequency_weights
 from bbn.engine.metrics import classification_metrics
@@ -66,14 +66,16 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / total_steps))
 
 
-def stage2_batches(labels: torch.Tensor, num_classes: int, sampler: str, batch_size: int,
-                   generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """One stage-2 epoch of index batches: 'uniform' (each feature once, shuffled) or a
-    re-balancing sampler ('balanced'), as many batches as the uniform epoch has."""
+def stage2_batches(labels: torch.Tensor, num_classes: int, sampler: str, batch_size: int, epoch: int,
+                   epochs: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Stage-2 epoch `epoch` (1-based, of `epochs`) as index batches: 'uniform' (each feature
+    once, shuffled) or a re-balancing sampler ('balanced'), as many batches as the uniform
+    epoch has."""
     uniform = UniformSampler(len(labels), batch_size, drop_last=False)
     if sampler == "uniform":
         return uniform.epoch(generator)
-    return drawn_batches(REBALANCE_SAMPLERS.get(sampler)(labels, num_classes), len(uniform), batch_size, generator)
+    rebalance = REBALANCE_SAMPLERS.get(sampler)(labels, num_classes, epochs)
+    return iter(drawn_batches(rebalance, len(uniform), batch_size, epoch, generator))
 
 
 def new_linear(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
@@ -116,9 +118,9 @@ def train_head(head: nn.Module, feats: FrozenFeatures, sampler: str,
     labels = feats.train_y.cpu()
     steps = len(UniformSampler(len(labels), s.batch_size, drop_last=False))
     total, t, loss_sum = s.epochs * steps, 0, torch.zeros((), device=device)
-    for _ in range(s.epochs):
+    for epoch in range(1, s.epochs + 1):
         loss_sum = torch.zeros((), device=device)
-        for idx in stage2_batches(labels, feats.num_classes, sampler, s.batch_size, generator):
+        for idx in stage2_batches(labels, feats.num_classes, sampler, s.batch_size, epoch, s.epochs, generator):
             set_lr(optimizer, cosine_lr(s.lr, t, total))
             idx = idx.to(device)
             loss = F.cross_entropy(head(feats.train_x[idx]), feats.train_y[idx], weight=weight)

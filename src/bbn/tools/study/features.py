@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from bbn.config import Config
-from bbn.data.loader import DeviceImages, create_image_set
+from bbn.data.loader import ImageSet, create_image_set
 from bbn.errors import BBNError
 from bbn.engine.evaluate import infer, load_run as load_checkpoint_run
 from bbn.models import BilateralModel
@@ -36,8 +36,8 @@ class TrainedRun:
     epoch: int
     device: torch.device
     class_counts: list[int]
-    train_set: DeviceImages
-    test_set: DeviceImages
+    train_set: ImageSet
+    test_set: ImageSet
 
 
 @dataclass
@@ -98,7 +98,7 @@ def check_branch(model: nn.Module, branch: str | None) -> str | None:
     return None
 
 
-def extract_features(model: nn.Module, data: DeviceImages, branch: str | None,
+def extract_features(model: nn.Module, data: ImageSet, branch: str | None,
                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """GAP features of every image of `data` (un-augmented, model in eval mode) and labels:
     `model.features(x)` of a plain model, `model.features(x, branch)` of a BBN model."""

@@ -1,13 +1,16 @@
 """Samplers (SPEC §1-§2): uniform, reversed, balanced, and BBN's pairing of the two branches.
 
-Every sampler draws from an explicit `torch.Generator` and returns index tensors; nothing
-loops over samples in Python. Index tensors live on the CPU (they are tiny) and gather
-images on whatever device the images are on.
+A sampler needs only the training labels and a generator: it returns index tensors (on the
+CPU, they are tiny), never images, and nothing loops over samples in Python. A method owns
+its samplers and turns them into an epoch's plan: per step, one index tensor per stream
+(BBN: the uniform stream c, then the re-balancing stream r). A re-balancing sampler is
+told the 1-based epoch of every draw, so one whose class probabilities move with training
+(e.g. a progressively balanced one) fits the same interface.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -32,6 +35,16 @@ def balanced_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
     return torch.full_like(n, 1.0 / len(n))
 
 
+Plan = list[tuple[torch.Tensor, ...]]
+"""An epoch's steps, each as its index tensors, one per stream (c, then r for paired methods)."""
+
+
+class RebalanceSampler(Protocol):
+    """Draws `n` image indices for the 1-based `epoch` from `generator` (with replacement)."""
+
+    def draw(self, n: int, epoch: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
 class ClassSampler:
     """Draw a class from `class_probs`, then an image of that class uniformly (with replacement)."""
 
@@ -43,8 +56,12 @@ class ClassSampler:
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
 
-    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        classes = torch.multinomial(self.class_probs, n, replacement=True, generator=generator)
+    def probs_at(self, epoch: int) -> torch.Tensor:
+        """The class probabilities of `epoch` (fixed here; a subclass may move them)."""
+        return self.class_probs
+
+    def draw(self, n: int, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        classes = torch.multinomial(self.probs_at(epoch), n, replacement=True, generator=generator)
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         offset = (u * self.counts[classes]).long().clamp_max(self.counts[classes] - 1)
         return self.order[self.starts[classes] + offset]
@@ -56,7 +73,7 @@ class InstanceSampler:
     def __init__(self, labels: torch.Tensor) -> None:
         self.n = int(labels.shape[0])
 
-    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(self, n: int, epoch: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.n, (n,), generator=generator)
 
 
@@ -64,31 +81,32 @@ def _counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels.cpu(), minlength=num_classes)
 
 
-REBALANCE_SAMPLERS: Registry[Callable[[torch.Tensor, int], ClassSampler | InstanceSampler]] = Registry(
+# name -> factory (labels, num_classes, epochs of the schedule) -> sampler
+REBALANCE_SAMPLERS: Registry[Callable[[torch.Tensor, int, int], RebalanceSampler]] = Registry(
     "re-balancing sampler"
 )
 
 
 @REBALANCE_SAMPLERS.register("reversed")
-def reversed_sampler(labels: torch.Tensor, num_classes: int) -> ClassSampler:
+def reversed_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> ClassSampler:
     return ClassSampler(labels, reversed_class_probs(_counts(labels, num_classes)))
 
 
 @REBALANCE_SAMPLERS.register("balanced")
-def balanced_sampler(labels: torch.Tensor, num_classes: int) -> ClassSampler:
+def balanced_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> ClassSampler:
     return ClassSampler(labels, balanced_class_probs(_counts(labels, num_classes)))
 
 
 @REBALANCE_SAMPLERS.register("uniform")
-def uniform_sampler(labels: torch.Tensor, num_classes: int) -> InstanceSampler:
+def uniform_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> InstanceSampler:
     return InstanceSampler(labels)
 
 
-def drawn_batches(sampler: ClassSampler | InstanceSampler, steps: int, batch_size: int,
-                  generator: torch.Generator) -> Iterator[torch.Tensor]:
+def drawn_batches(sampler: RebalanceSampler, steps: int, batch_size: int, epoch: int,
+                  generator: torch.Generator) -> list[torch.Tensor]:
     """An epoch of `steps` batches drawn from a re-balancing sampler (e.g. as many as the
     uniform epoch has, so a re-sampled epoch costs the same number of steps)."""
-    return iter(sampler.draw(steps * batch_size, generator).split(batch_size))
+    return list(sampler.draw(steps * batch_size, epoch, generator).split(batch_size))
 
 
 class UniformSampler:
@@ -125,18 +143,15 @@ class BBNPairSampler:
     start of the epoch.
     """
 
-    def __init__(self, uniform: UniformSampler, rebalance: ClassSampler | InstanceSampler) -> None:
+    def __init__(self, uniform: UniformSampler, rebalance: RebalanceSampler) -> None:
         self.uniform = uniform
         self.rebalance = rebalance
 
     def __len__(self) -> int:
         return len(self.uniform)
 
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def plan(self, epoch: int, generator: torch.Generator) -> Plan:
+        """The 1-based `epoch`'s steps as (idx_c, idx_r) pairs of equal size."""
         batches = list(self.uniform.epoch(generator))
-        drawn = self.rebalance.draw(sum(len(b) for b in batches), generator)
-        start = 0
-        for idx_c in batches:
-            idx_r = drawn[start : start + len(idx_c)]
-            start += len(idx_c)
-            yield idx_c, idx_r
+        drawn = self.rebalance.draw(sum(len(b) for b in batches), epoch, generator)
+        return list(zip(batches, drawn.split([len(b) for b in batches])))
