@@ -146,3 +146,34 @@ class LDAMDRW(DeferredReweighting):
     def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         margins = self._on("m", self.margins, z)
         return ldam_loss(z, y, margins, self.cfg.method.ldam_scale, self._weights_like(z))
+
+
+# Baselines beside the paper's (issue 12): the training loss adjusted by the class prior.
+from bbn.losses import balanced_softmax_loss, log_class_counts, log_class_prior, logit_adjusted_loss  # noqa: E402
+
+
+@METHODS.register("balanced_softmax")
+class BalancedSoftmax(ClassWeighted):
+    """Balanced Softmax (Ren et al., NeurIPS 2020): CE of z + log N_y, N the training class
+    counts; uniform sampler, plain network. Inference is argmax z (the prior only trains)."""
+
+    def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(cfg, labels, num_classes)
+        self.log_counts = log_class_counts(self.class_counts)
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return balanced_softmax_loss(z, y, self._on("log_n", self.log_counts, z))
+
+
+@METHODS.register("logit_adjusted", reads={"method.la_tau"})
+class LogitAdjusted(ClassWeighted):
+    """Logit-adjusted loss (Menon et al., ICLR 2021): CE of z + tau * log pi_y, pi the
+    training class prior, tau = method.la_tau; uniform sampler, plain network. Inference is
+    argmax z (the adjustment only trains)."""
+
+    def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(cfg, labels, num_classes)
+        self.log_prior = log_class_prior(self.class_counts)
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return logit_adjusted_loss(z, y, self._on("log_pi", self.log_prior, z), self.cfg.method.la_tau)
