@@ -1,4 +1,5 @@
-"""The cumulative loss and the shown training accuracy (SPEC §1-§2)."""
+"""The cumulative loss and the shown training accuracy (SPEC §1-§2); Balanced Softmax and the
+logit-adjusted loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from bbn.losses import cumulative_accuracy, cumulative_loss
+from bbn.losses import (balanced_softmax_loss, cumulative_accuracy, cumulative_loss, log_class_counts, log_class_prior,
+                        logit_adjusted_loss)
 
 
 def ce_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -78,3 +80,44 @@ def test_cumulative_accuracy_matches_generic_formula(batch: tuple) -> None:
     acc_c = sum(p == y for p, y in zip(pred, y_c.tolist())) / len(pred)
     acc_r = sum(p == y for p, y in zip(pred, y_r.tolist())) / len(pred)
     assert float(cumulative_accuracy(z, y_c, y_r, 0.64)) == pytest.approx(0.64 * acc_c + 0.36 * acc_r)
+
+
+def test_balanced_softmax_by_hand() -> None:
+    # counts (3, 1), z = (0, 0): softmax(z + log N) = (3/4, 1/4); label 1 costs ln 4, label 0 ln 4/3
+    log_n = torch.tensor([3.0, 1.0]).log()
+    z = torch.zeros(2, 2)
+    assert float(balanced_softmax_loss(z, torch.tensor([1, 0]), log_n)) == pytest.approx(
+        (math.log(4) + math.log(4 / 3)) / 2, rel=1e-6)
+    # counts (1, 3), z = (ln 2, 0): weights 1 * 2 and 3 * 1, p = (2/5, 3/5); label 0 costs ln 5/2
+    z = torch.tensor([[math.log(2), 0.0]])
+    assert float(balanced_softmax_loss(z, torch.tensor([0]), torch.tensor([1.0, 3.0]).log())) == pytest.approx(
+        math.log(5 / 2), rel=1e-6)
+
+
+def test_logit_adjusted_loss_by_hand() -> None:
+    # pi = (3/4, 1/4). tau = 1: p = (3/4, 1/4). tau = 2: weights (9/16, 1/16), p = (9/10, 1/10).
+    log_pi = log_class_prior([3, 1])
+    assert log_pi.tolist() == pytest.approx([math.log(3 / 4), math.log(1 / 4)])
+    z, y = torch.zeros(2, 2), torch.tensor([1, 0])
+    assert float(logit_adjusted_loss(z, y, log_pi, 1.0)) == pytest.approx((math.log(4) + math.log(4 / 3)) / 2, rel=1e-6)
+    assert float(logit_adjusted_loss(z, y, log_pi, 2.0)) == pytest.approx((math.log(10) + math.log(10 / 9)) / 2, rel=1e-6)
+    # tau = 0 is plain CE
+    assert float(logit_adjusted_loss(z, y, log_pi, 0.0)) == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_balanced_softmax_is_the_logit_adjusted_loss_at_tau_1(batch: tuple) -> None:
+    z, y, _ = batch
+    counts = [500, 200, 80, 20, 5]
+    z = z.clone().requires_grad_(True)
+    bs = balanced_softmax_loss(z, y, torch.tensor(counts, dtype=torch.float32).log())
+    (g_bs,) = torch.autograd.grad(bs, z)
+    la = logit_adjusted_loss(z, y, log_class_prior(counts), 1.0)
+    (g_la,) = torch.autograd.grad(la, z)
+    assert bs.item() == pytest.approx(la.item(), rel=1e-5)
+    assert torch.allclose(g_bs, g_la, atol=1e-6)
+    # and both are CE of the shifted logits, computed the long way
+    shifted = z.detach().double() + torch.tensor(counts, dtype=torch.float64).log()
+    assert bs.item() == pytest.approx(float(ce_by_hand(shifted, y)), rel=1e-5)
+    # a class without training images counts as one: the prior stays finite
+    assert log_class_prior([3, 0]).tolist() == pytest.approx([math.log(3 / 4), math.log(1 / 4)])
+    assert log_class_counts([3, 0]).tolist() == pytest.approx([math.log(3), 0.0])

@@ -1,9 +1,11 @@
-"""Evaluation metrics: top-1/top-5, sparse confusion, per-class and shot-group accuracy;
-the results file (final.json / eval.json) format 2."""
+"""Evaluation metrics: top-1/top-5, sparse confusion, per-class and shot-group accuracy,
+balanced accuracy, macro-F1, NLL, ECE and its reliability bins, the summary lines; the
+results file (final.json / eval.json) format 2."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from bbn.errors import BBNError
-from bbn.engine.metrics import classification_metrics, prediction_metrics, topk_correct
+from bbn.engine.metrics import (classification_metrics, macro_f1, prediction_metrics, probability_metrics,
+                                summary_lines, topk_correct)
 from bbn.engine.results import FORMAT, confusion_cells, dense_confusion, sparse_confusion, write_results
 
 C = 6
@@ -138,6 +141,89 @@ def test_classes_absent_from_test_set() -> None:
     m = classification_metrics(*logits_labels(kept), TRAIN_COUNTS)
     assert m["few"] is None
     assert m["many"] == pytest.approx(75.0)
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_in_the_test_set() -> None:
+    logits, labels = logits_labels()
+    m = classification_metrics(logits, labels, TRAIN_COUNTS)
+    # recalls 2/2, 2/4, 1/2, 0/1, 1/3, 2/2 (top-1 8/14 = 57.14% weighs class 1's 4 images more)
+    assert m["balanced_acc"] == pytest.approx((100 + 50 + 50 + 0 + 100 / 3 + 100) / 6)
+    kept = [s for s in SAMPLES if s[0] not in (2, 5)]  # absent classes are left out, not 0
+    m = classification_metrics(*logits_labels(kept), TRAIN_COUNTS)
+    assert m["balanced_acc"] == pytest.approx((100 + 50 + 0 + 100 / 3) / 4)
+
+
+def test_macro_f1_by_hand() -> None:
+    logits, labels = logits_labels()
+    m = classification_metrics(logits, labels, TRAIN_COUNTS)
+    # from the confusion above: TP 2,2,1,0,1,2; predicted 4,2,2,1,1,4; support 2,4,2,1,3,2;
+    # F1 = 2TP / (predicted + support) = 4/6, 4/6, 2/4, 0/2, 2/4, 4/6 -> mean (2 + 1) / 6 = 1/2
+    assert m["macro_f1"] == pytest.approx(50.0)
+    from sklearn.metrics import f1_score
+    assert m["macro_f1"] == pytest.approx(100 * f1_score(labels, logits.argmax(1), average="macro"))
+
+
+def test_macro_f1_rule_for_classes_without_images_or_predictions() -> None:
+    # class 2 has no test image and no prediction (0/0): left out. F1 of 0 and 1: 2/3 each.
+    assert macro_f1(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 3) == pytest.approx(200 / 3)
+    # class 1 is predicted but has no test image: F1 = 0 and counts. Class 0: 2*1 / (1 + 2).
+    assert macro_f1(torch.tensor([0, 1]), torch.tensor([0, 0]), 3) == pytest.approx(100 / 3)
+    # class 1 has test images but is never predicted: F1 = 0 too
+    assert macro_f1(torch.tensor([0, 0]), torch.tensor([0, 1]), 2) == pytest.approx(100 / 3)
+    assert macro_f1(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 3) is None
+
+
+def test_nll_by_hand() -> None:
+    # softmax([0, ln 3]) = (1/4, 3/4): the label-1 image costs ln(4/3), the label-0 one ln 4
+    logits = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
+    m = probability_metrics(logits, torch.tensor([1, 0]))
+    assert m["nll"] == pytest.approx((math.log(4 / 3) + math.log(4)) / 2)
+    assert probability_metrics(logits.half(), torch.tensor([1, 0]))["nll"] == pytest.approx(m["nll"], abs=1e-3)
+
+
+def _confident(conf: float) -> list[float]:
+    """Two-class logits predicting class 1 with softmax confidence `conf`."""
+    return [0.0, math.log(conf / (1 - conf))]
+
+
+def test_ece_and_reliability_bins_by_hand() -> None:
+    # 15 bins of width 1/15. Confidence 0.9 falls in bin 13 (0.867, 0.933], 0.7 in bin 10
+    # (0.667, 0.733], 0.99 in bin 14 (0.933, 1]. Prediction is class 1; label 1 = correct.
+    #   bin 10: 2 images, 1 correct: acc 0.50, conf 0.70, gap 0.20
+    #   bin 13: 4 images, 3 correct: acc 0.75, conf 0.90, gap 0.15
+    #   bin 14: 1 image,  1 correct: acc 1.00, conf 0.99, gap 0.01
+    # ECE = (2 * 0.20 + 4 * 0.15 + 1 * 0.01) / 7 = 1.01 / 7 = 14.43%
+    confs = [0.7, 0.7, 0.9, 0.9, 0.9, 0.9, 0.99]
+    labels = torch.tensor([1, 0, 1, 1, 1, 0, 1])
+    m = probability_metrics(torch.tensor([_confident(c) for c in confs]), labels)
+    assert m["ece"] == pytest.approx(101 / 7, rel=1e-5)
+    cal = m["calibration"]
+    assert cal["bins"] == 15
+    assert cal["count"] == [0] * 10 + [2, 0, 0, 4, 1]
+    assert cal["accuracy"][:10] == [None] * 10 and cal["confidence"][11:13] == [None, None]
+    assert [cal["accuracy"][i] for i in (10, 13, 14)] == pytest.approx([50.0, 75.0, 100.0])
+    assert [cal["confidence"][i] for i in (10, 13, 14)] == pytest.approx([70.0, 90.0, 99.0])
+
+
+def test_ece_of_a_calibrated_model_is_zero_and_results_carry_it() -> None:
+    # confidence 0.75 for 4 images of which 3 are right: one bin, acc = conf
+    logits = torch.tensor([_confident(0.75)] * 4)
+    assert probability_metrics(logits, torch.tensor([1, 1, 0, 1]))["ece"] == pytest.approx(0.0, abs=1e-4)  # float32 logits
+    m = classification_metrics(*logits_labels(), TRAIN_COUNTS)
+    assert {"balanced_acc", "macro_f1", "nll", "ece", "calibration"} <= set(m)
+    assert sum(m["calibration"]["count"]) == len(SAMPLES)
+    # prediction_metrics has no logits: no NLL or ECE
+    pm = prediction_metrics(logits.argmax(1), torch.ones(4, dtype=torch.bool), torch.tensor([1, 1, 0, 1]), [3, 1])
+    assert pm["balanced_acc"] == pytest.approx(50.0) and "nll" not in pm and "ece" not in pm
+
+
+def test_summary_lines_show_the_new_metrics_and_skip_absent_ones() -> None:
+    base = {"top1": 50.0, "top5": 90.0, "error": 50.0, "many": 60.0, "medium": None, "few": 10.0}
+    assert len(summary_lines(base)) == 2  # an old results file
+    lines = summary_lines({**base, "balanced_acc": 12.345, "macro_f1": 10.0, "nll": 0.1234, "ece": 1.234})
+    assert lines[2] == "balanced 12.35%   macro-F1 10.00%   NLL 0.123   ECE 1.23%"
+    assert summary_lines({**base, "balanced_acc": 12.345, "macro_f1": 10.0, "nll": None})[2] == (
+        "balanced 12.35%   macro-F1 10.00%")
 
 
 def test_metrics_accept_half_precision_logits() -> None:

@@ -239,3 +239,31 @@ def test_a_failed_first_plot_write_leaves_no_png(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError):
         write_report(tmp_path, _final(COUNTS_10, confusion=False), _history(), CONFIG)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_shows_balanced_metrics_calibration_and_shifted_priors(tmp_path: Path) -> None:
+    from bbn.engine.metrics import classification_metrics
+    from bbn.engine.shift import prior_keys
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(20)
+    logits = torch.randn(200, 10, generator=g) * 2 + 3 * torch.nn.functional.one_hot(labels, 10)
+    final = classification_metrics(logits, labels, COUNTS_10)
+    final.update(class_counts=COUNTS_10, class_names=[f"cls_{i}" for i in range(10)], num_params=1, train_s=1.0)
+    text = write_report(tmp_path, final, _history(), CONFIG).read_text()
+    _assert_png(tmp_path / "reliability.png")
+    assert "reliability.png" in _links(text)
+    assert f"| balanced accuracy (mean per-class recall), last epoch | {final['balanced_acc']:.2f}% |" in text
+    assert f"| macro-F1, last epoch | {final['macro_f1']:.2f}% |" in text
+    assert f"| NLL (mean cross-entropy, nats), last epoch | {final['nll']:.4f} |" in text
+    assert f"| ECE (15 bins), last epoch | {final['ece']:.2f}% |" in text
+    header = "| " + " | ".join(prior_keys()) + " |"
+    values = "| " + " | ".join(f"{final['shifted_priors'][k]:.2f}%" for k in prior_keys()) + " |"
+    assert f"{header}\n|{'---:|' * 11}\n{values}" in text
+    # an older results file without them: no rows, no diagram
+    old = {k: v for k, v in final.items() if k not in ("balanced_acc", "macro_f1", "nll", "ece",
+                                                        "calibration", "shifted_priors")}
+    (tmp_path / "old").mkdir()
+    text = write_report(tmp_path / "old", old, _history(), CONFIG).read_text()
+    assert "balanced accuracy" not in text and "ECE" not in text and "shifted" not in text
+    assert not (tmp_path / "old" / "reliability.png").exists()

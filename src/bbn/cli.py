@@ -29,12 +29,12 @@ def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
 def _summary(result: dict[str, Any]) -> str:
     from bbn.engine.metrics import percent, summary_lines
 
-    top, groups = summary_lines(result)
+    top, *rest = summary_lines(result)
     lines = [top]
     if "best_top1" in result:
         lines = ["last epoch: " + top,
                  f"best epoch: top-1 {percent(result['best_top1'])} at epoch {result['best_epoch']}"]
-    return "\n".join([*lines, groups])
+    return "\n".join([*lines, *rest])
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -129,7 +129,7 @@ class MethodConfig(_Section):
     (Focal, CB-Focal), `cb_beta` (effective-number weights of CB-Focal and DRW),
     `defer_epoch` (DRW/DRS switch after this epoch; None = 80 % of the epochs, i.e. 160 of
     200), `ldam_max_margin` and `ldam_scale` (LDAM), `mixup_alpha` (the Beta(a, a) of the
-    Mixup family).
+    Mixup family), `la_tau` (the logit-adjusted loss's tau, >= 0; 0 is plain CE).
     """
 
     name: str = "bbn"
@@ -141,6 +141,7 @@ class MethodConfig(_Section):
     ldam_max_margin: float = Field(0.5, gt=0.0)
     ldam_scale: float = Field(30.0, gt=0.0)
     mixup_alpha: float = Field(1.0, gt=0.0)
+    la_tau: float = Field(1.0, ge=0.0)
 
 
 class TrainConfig(_Section):

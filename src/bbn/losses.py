@@ -75,3 +75,29 @@ def ldam_loss(z: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, scale: fl
     of s * z (s = `scale`; the logits are cosines, so s sets the softmax's temperature)."""
     shift = F.one_hot(y, z.shape[1]).to(z) * margins.to(z)[y][:, None]
     return weighted_cross_entropy(scale * (z - shift), y, weights)
+
+
+def log_class_counts(counts: torch.Tensor | list[int]) -> torch.Tensor:
+    """log N_i of the training class counts (a class with no image counts as one, so every
+    entry is finite)."""
+    return torch.as_tensor(counts, dtype=torch.float64).clamp_min(1.0).log().float()
+
+
+def log_class_prior(counts: torch.Tensor | list[int]) -> torch.Tensor:
+    """log pi_i = log(N_i / sum_j N_j), the training class prior (N_i as in `log_class_counts`)."""
+    log_n = log_class_counts(counts).double()
+    return (log_n - torch.logsumexp(log_n, dim=0)).float()
+
+
+def logit_adjusted_loss(z: torch.Tensor, y: torch.Tensor, log_prior: torch.Tensor, tau: float) -> torch.Tensor:
+    """Logit-adjusted loss (Menon et al., ICLR 2021): CE(z + tau * log pi, y), pi the training
+    class prior (`log_class_prior`). Only training is adjusted; inference is argmax z."""
+    return F.cross_entropy(z + tau * log_prior.to(z), y)
+
+
+def balanced_softmax_loss(z: torch.Tensor, y: torch.Tensor, log_counts: torch.Tensor) -> torch.Tensor:
+    """Balanced Softmax (Ren et al., NeurIPS 2020): CE(z + log N, y), N the training class
+    counts, i.e. softmax N_j exp(z_j) / sum_k N_k exp(z_k). The same loss as
+    `logit_adjusted_loss` at tau = 1: log N and log pi differ by log sum N, the same for every
+    class, and softmax ignores a constant added to every logit."""
+    return F.cross_entropy(z + log_counts.to(z), y)

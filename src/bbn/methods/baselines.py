@@ -3,7 +3,8 @@
 Each is a `SingleBranch`: one network, one batch per step; what differs is the epoch's
 sampler and the loss. The deferred ones (DRW, DRS) train as plain CE up to and including
 `defer_epoch(cfg)` and re-balance from the next epoch on (epoch 161 of 200, the LDAM-DRW
-code's `epoch // 160` on 0-based epochs).
+code's `epoch // 160` on 0-based epochs). Beside the paper's: Balanced Softmax and the
+logit-adjusted loss, which add the training class prior to the logits in the loss only.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import torch.nn as nn
 from bbn.config import Config
 from bbn.errors import BBNError
 from bbn.losses import (
+    balanced_softmax_loss,
     class_balanced_focal_loss,
     effective_number_weights,
     focal_loss,
     inverse_frequency_weights,
     ldam_loss,
     ldam_margins,
+    log_class_counts,
+    log_class_prior,
+    logit_adjusted_loss,
     weighted_cross_entropy,
 )
 from bbn.methods.base import METHODS
@@ -146,3 +151,30 @@ class LDAMDRW(DeferredReweighting):
     def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         margins = self._on("m", self.margins, z)
         return ldam_loss(z, y, margins, self.cfg.method.ldam_scale, self._weights_like(z, epoch))
+
+
+@METHODS.register("balanced_softmax")
+class BalancedSoftmax(ClassWeighted):
+    """Balanced Softmax (Ren et al., NeurIPS 2020): CE of z + log N_y, N the training class
+    counts; uniform sampler, plain network. Inference is argmax z (the prior only trains)."""
+
+    def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(cfg, labels, num_classes)
+        self.log_counts = log_class_counts(self.class_counts)
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return balanced_softmax_loss(z, y, self._on("log_n", self.log_counts, z))
+
+
+@METHODS.register("logit_adjusted", reads={"method.la_tau"})
+class LogitAdjusted(ClassWeighted):
+    """Logit-adjusted loss (Menon et al., ICLR 2021): CE of z + tau * log pi_y, pi the
+    training class prior, tau = method.la_tau; uniform sampler, plain network. Inference is
+    argmax z (the adjustment only trains)."""
+
+    def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(cfg, labels, num_classes)
+        self.log_prior = log_class_prior(self.class_counts)
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return logit_adjusted_loss(z, y, self._on("log_pi", self.log_prior, z), self.cfg.method.la_tau)

@@ -16,6 +16,9 @@ METHOD_LABELS: dict[str, str] = {
     "cb_focal": "CB-Focal",
     "ldam_drw": "LDAM-DRW",
     "bbn": "BBN",
+    # baselines after the paper (no Table 1 number)
+    "balanced_softmax": "Balanced Softmax",
+    "logit_adjusted": "Logit adjustment",
 }
 
 # Top-1 error % of ResNet-32 on the long-tailed CIFAR sets, columns

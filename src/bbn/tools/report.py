@@ -1,4 +1,4 @@
-"""End-of-run report: `report.md` plus per-class, training-curve and confusion PNGs.
+"""End-of-run report: `report.md` plus per-class, training-curve, confusion and reliability PNGs.
 
 Every file is written atomically (a temporary file renamed over it), so a failed write
 (a full disk) keeps the old file rather than leaving an empty or partial one."""
@@ -18,6 +18,7 @@ from bbn.engine.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, SHOT_GROUPS, shot_gr
 from bbn.errors import BBNError
 from bbn.tools.figures import save_png, write_text_file
 from bbn.engine.metrics import percent
+from bbn.engine.shift import prior_keys
 from bbn.engine.results import confusion_cells, dense_confusion
 
 _GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
@@ -157,6 +158,54 @@ def _plot_confusion(path: Path, confusion: np.ndarray, names: list[str] | None) 
     save_png(fig, path)
 
 
+def _plot_reliability(path: Path, calibration: dict[str, Any], ece: float | None) -> None:
+    """Reliability diagram: accuracy per equal-width confidence bin against the diagonal (a
+    calibrated model), the gap to each bin's mean confidence shaded; test images per bin below."""
+    bins = int(calibration["bins"])
+    edges = np.linspace(0.0, 100.0, bins + 1)
+    width = 100.0 / bins
+    centre = edges[:-1] + width / 2
+    acc = np.array([np.nan if a is None else a for a in calibration["accuracy"]], dtype=float)
+    conf = np.array([np.nan if c is None else c for c in calibration["confidence"]], dtype=float)
+    fig = Figure(figsize=(6, 7))
+    grid = fig.add_gridspec(4, 1)
+    ax = fig.add_subplot(grid[:3])
+    ax.bar(centre, np.nan_to_num(acc), width=width, color="#4c72b0", edgecolor="black", label="accuracy")
+    have = ~np.isnan(acc)
+    ax.bar(centre[have], (conf - acc)[have], bottom=acc[have], width=width, color="#c44e52", alpha=0.35,
+           edgecolor="#c44e52", hatch="//", label="gap to mean confidence")
+    ax.plot([0, 100], [0, 100], "--", color="gray", label="calibrated")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Reliability diagram ({bins} bins, ECE {percent(ece)})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2 = fig.add_subplot(grid[3], sharex=ax)
+    ax2.bar(centre, calibration["count"], width=width, color="#8172b2", edgecolor="black")
+    ax2.set_xlabel("confidence: max softmax probability (%)")
+    ax2.set_ylabel("test images")
+    save_png(fig, path)
+
+
+def _metric_rows(final: dict) -> list[str]:
+    """Table rows of the class-balanced and probabilistic metrics the result has."""
+    rows = [("balanced_acc", "balanced accuracy (mean per-class recall), last epoch", percent),
+            ("macro_f1", "macro-F1, last epoch", percent),
+            ("nll", "NLL (mean cross-entropy, nats), last epoch", lambda v: f"{float(v):.4f}"),
+            ("ece", "ECE (15 bins), last epoch", percent)]
+    return [f"| {label} | {show(final[key])} |" for key, label, show in rows if final.get(key) is not None]
+
+
+def _shift_rows(shifted: dict[str, float | None]) -> list[str]:
+    """The shifted-prior accuracies as one table, head-heavy to tail-heavy."""
+    keys = [k for k in prior_keys() if k in shifted] + [k for k in shifted if k not in prior_keys()]
+    return ["Accuracy a test set with long-tailed class priors would give, from the per-class "
+            "accuracies (forward: head classes frequent, as in training; backward: reversed; "
+            "the number is the imbalance ratio; see bbn.engine.shift).", "",
+            "| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys),
+            "| " + " | ".join(percent(shifted[k]) for k in keys) + " |", ""]
+
+
 def most_confused(cells: np.ndarray, k: int) -> np.ndarray:
     """The k off-diagonal [true, pred, count] cells with the most test images (ties: by
     true class, then predicted class)."""
@@ -266,6 +315,9 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
             _plot_confusion_summary(run_dir / "confusion.png", cells, counts, names)
             images.append(("Confusion: shot groups and most confused pairs", "confusion.png"))
             notes["confusion.png"] = _confused_rows(cells, names)
+    if (final.get("calibration") or {}).get("count"):
+        _plot_reliability(run_dir / "reliability.png", final["calibration"], final.get("ece"))
+        images.append(("Reliability diagram (calibration)", "reliability.png"))
     if final.get("weight_norms"):
         norms = [RunNorms("", final["weight_norms"], counts.tolist())]
         plot_weight_norms(run_dir / "weight_norms.png", norms)
@@ -291,6 +343,7 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
     ]
     lines += [f"| {g}-shot top-1 ({_GROUP_RULES[g]}, {n_in[g]} classes) | {percent(final.get(g))} |"
               for g in SHOT_GROUPS]
+    lines += _metric_rows(final)
     for name, b in (final.get("branches") or {}).items():
         shots = " / ".join(percent(b.get(g)) for g in SHOT_GROUPS)
         lines.append(f"| {name} alone ({_BRANCH_LOGITS.get(name, name)}) top-1 "
@@ -308,6 +361,8 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         f"- Training time: {_duration(final.get('train_s', 0.0))}",
         "",
     ]
+    if final.get("shifted_priors"):
+        lines += ["## Accuracy under shifted test priors, last epoch", "", *_shift_rows(final["shifted_priors"])]
     for title, fname in images:
         lines += [f"## {title}", "", f"![{title}]({fname})", "", *notes.get(fname, [])]
     lines += ["## Per-class accuracy (head → tail)", ""]
