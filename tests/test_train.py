@@ -69,6 +69,8 @@ def test_run_folder_contract(finished: tuple[RunDir, dict]) -> None:
     assert on_disk["top1"] == pytest.approx(final["top1"])
     assert on_disk["top1"] == pytest.approx(rows[-1]["val_top1"])
     assert on_disk["best_top1"] == pytest.approx(max(r["val_top1"] for r in rows))
+    for group in ("many", "medium", "few"):  # the shot groups of every evaluated epoch, the last one's as final.json's
+        assert rows[-1][f"val_{group}"] == on_disk[group]
     assert {"many", "medium", "few", "top5", "per_class", "confusion", "class_counts"} <= on_disk.keys()
     assert on_disk["epochs"] == 4 and on_disk["num_params"] == 538_778 - GREY_STEM
 

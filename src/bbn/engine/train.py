@@ -19,6 +19,7 @@ from bbn.engine import preemption
 from bbn.engine.checkpoint import load_checkpoint, save_checkpoint
 from bbn.engine.evaluate import evaluate
 from bbn.engine.faults import fault_point
+from bbn.engine.metrics import SHOT_GROUPS
 from bbn.engine.keys import Draw, keyed_generator, keyed_seed, seed_global
 from bbn.engine.nonfinite import NonFiniteLoss, grads_finite
 from bbn.engine.optim import learning_rate, set_lr
@@ -80,8 +81,7 @@ def train_epoch(t: Trainer, state: TrainState, progress: bool, max_steps: int | 
                 state.partial = tally.partial(i)
                 raise Preempted(f"at epoch {epoch}, step {i}/{tally.steps}")
     summary = tally.summary()
-    return {"epoch": epoch, "alpha": None, **logged, "lr": lr, "train_loss": summary.pop("train_loss"),
-            "train_acc": summary.pop("train_acc"), "val_top1": None, **summary}
+    return {"epoch": epoch, "alpha": None, **logged, "lr": lr, **summary}
 
 
 def _log_line(row: dict[str, Any], epochs: int) -> str:
@@ -104,6 +104,9 @@ def _tensorboard(run: RunDir, enabled: bool) -> Any:
         return None
     return SummaryWriter(log_dir=str(run.tensorboard))
 
+
+# What an evaluated epoch records in its metrics row (as val_<name>; None on other epochs).
+VALIDATED = ("top1", *SHOT_GROUPS)
 
 # Called by `finish` with the run's components and state, its run folder and final.json's
 # content before final.json is written: what the tools add (reports, analyses) without the
@@ -184,9 +187,11 @@ def _end_epoch(t: Trainer, state: TrainState, run: RunDir, row: dict[str, Any], 
         t.world.barrier()
         return state.position()
     is_best = False
+    row.update(dict.fromkeys(f"val_{key}" for key in VALIDATED))
     if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs:
         with t.autocast():
-            row["val_top1"] = evaluate(t.model, t.test_set, t.data.class_counts, cfg.train.eval_batch_size)["top1"]
+            result = evaluate(t.model, t.test_set, t.data.class_counts, cfg.train.eval_batch_size)
+        row.update({f"val_{key}": result[key] for key in VALIDATED})
         is_best = row["val_top1"] > state.best_top1
         if is_best:
             state.best_top1, state.best_epoch = row["val_top1"], state.epoch
