@@ -32,8 +32,9 @@ def _summary(result: dict[str, Any]) -> str:
     top, *rest = summary_lines(result)
     lines = [top]
     if "best_top1" in result:
+        chosen = " (chosen on the validation split)" if result.get("selection") == "val" else ""
         lines = ["last epoch: " + top,
-                 f"best epoch: top-1 {percent(result['best_top1'])} at epoch {result['best_epoch']}"]
+                 f"best epoch: top-1 {percent(result['best_top1'])} at epoch {result['best_epoch']}{chosen}"]
     return "\n".join([*lines, *rest])
 
 

@@ -62,6 +62,9 @@ class DataConfig(_Section):
     `test_root`). Budget knobs for quick runs: `n_max` caps the head class (the tail
     follows from the imbalance ratio; None = the source's smallest class, as the paper) and
     `test_max_per_class` keeps the first images of each test class (None = all).
+    `val_per_class` holds that many images of each class out of the long-tailed training set
+    (seeded by `subset_seed`) as a validation split: best.pt is then chosen on it and the test
+    set is only reported (0 = none: best.pt is chosen on the test set, the reference's protocol).
 
     Sources read from image files (inat2017, inat2018, imagenet_lt, places_lt, image_list,
     image_folder): `train_file` / `test_file` are the annotation files (iNaturalist JSON, or
@@ -83,6 +86,7 @@ class DataConfig(_Section):
     test_per_class: int = Field(50, ge=1)
     n_max: int | None = Field(None, ge=1)
     test_max_per_class: int | None = Field(None, ge=1)
+    val_per_class: int = Field(0, ge=0)
     train_file: str | None = None
     test_file: str | None = None
     test_root: str | None = None

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ALWAYS_READ = frozenset({
     "name", "seed",
     "data.source", "data.profile", "data.imbalance_ratio", "data.subset_seed", "data.n_max",
-    "data.test_max_per_class", "data.image_size",
+    "data.test_max_per_class", "data.image_size", "data.val_per_class",
     "augment.flip", "augment.mean", "augment.std",
     "model.name", "method.name",
 })

@@ -79,3 +79,20 @@ def check_trainable(counts: list[int], class_names: list[str]) -> None:
             "the reversed sampler needs N_i >= 1 (w_i = N_max/N_i): lower data.imbalance_ratio "
             "or remove the class"
         )
+
+
+def hold_out(data: LabeledImages, k: int, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """(the rest, the validation split): `k` images of every class, drawn without
+    replacement in a seeded per-class order, held out of a training set. Every class keeps
+    at least one training image; a class too small is a BBNError naming the largest k."""
+    counts = data.class_counts()
+    smallest = min(range(len(counts)), key=lambda c: (counts[c], c))
+    if counts[smallest] <= k:
+        most = counts[smallest] - 1
+        fix = f"use data.val_per_class={most} or less" if most else "set data.val_per_class=0 (no validation split)"
+        raise BBNError(f"data.val_per_class={k} leaves class {smallest} ('{data.class_names[smallest]}') without a training "
+                       f"image (it has {counts[smallest]}); {fix}, or raise data.n_max / lower data.imbalance_ratio")
+    order = shuffled_per_class(data.labels.numpy(), len(counts), seed)
+    held = np.sort(np.concatenate([idx[:k] for idx in order]))
+    rest = np.setdiff1d(np.arange(len(data)), held)
+    return data.subset(torch.from_numpy(rest)), data.subset(torch.from_numpy(held))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bbn.config import Config, DataConfig
 from bbn.data.annotations import check_unused
-from bbn.data.longtail import check_trainable, first_per_class, make_longtail
+from bbn.data.longtail import check_trainable, first_per_class, hold_out, make_longtail
 from bbn.data.sources import LabeledImages, Splits, load_source
 from bbn.errors import BBNError
 
@@ -59,7 +59,8 @@ def check_paths(cfg: DataConfig) -> None:
 
 
 def prepare_data(cfg: Config) -> Splits:
-    """Load the source, cut the long tail (SPEC §4) and check every class can be trained."""
+    """Load the source, cut the long tail (SPEC §4), hold the validation split out of it
+    (data.val_per_class) and check every class can be trained."""
     check_paths(cfg.data)
     splits = load_source(cfg.data)
     train, test = splits.train, splits.test
@@ -76,10 +77,13 @@ def prepare_data(cfg: Config) -> Splits:
     if cfg.data.image_size is not None and isinstance(train, LabeledImages):  # files: the crop size
         train, test = resize(train, cfg.data.image_size), resize(test, cfg.data.image_size)
     check_trainable(train.class_counts(), train.class_names)
+    val = None
+    if cfg.data.val_per_class:
+        train, val = hold_out(train, cfg.data.val_per_class, cfg.data.subset_seed)
     channels = train.channels
     mean = tuple(cfg.augment.mean) if cfg.augment.mean is not None else splits.mean
     std = tuple(cfg.augment.std) if cfg.augment.std is not None else splits.std
     for key, vals in (("augment.mean", mean), ("augment.std", std)):
         if len(vals) != channels:
             raise BBNError(f"{key} has {len(vals)} values but the images have {channels} channel(s); give {channels}")
-    return Splits(train, test, mean, std)
+    return Splits(train, test, mean, std, val)

@@ -80,13 +80,15 @@ class LabeledImages(ClassLabels):
 @dataclass(frozen=True)
 class Splits:
     """Train and test splits and their normalisation (per channel, 0..1 scale): what a
-    source loads, and what `prepare_data` makes of it (the long-tailed training set).
-    File-backed sources give `ImageFiles` (paths, labels, class names) instead of images."""
+    source loads, and what `prepare_data` makes of it (the long-tailed training set, and the
+    validation split held out of it with data.val_per_class). File-backed sources give
+    `ImageFiles` (paths, labels, class names) instead of images."""
 
     train: LabeledImages | ImageFiles
     test: LabeledImages | ImageFiles
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    val: LabeledImages | ImageFiles | None = None
 
     @property
     def class_counts(self) -> list[int]:

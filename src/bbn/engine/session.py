@@ -29,7 +29,8 @@ from bbn.models import create_model
 @dataclass(frozen=True)
 class Trainer:
     """The fixed components of a run. `step` runs a method's step on the model (under
-    DistributedDataParallel when several processes train)."""
+    DistributedDataParallel when several processes train); `val_set` is the validation
+    split best.pt is chosen on (None: the test set, the reference's protocol)."""
 
     cfg: Config
     device: torch.device
@@ -42,28 +43,42 @@ class Trainer:
     test_set: ImageSet
     step: nn.Module
     amp_dtype: torch.dtype | None = None
+    val_set: ImageSet | None = None
 
     def autocast(self) -> ContextManager:
         """The precision context of forward passes (train.precision)."""
         return autocast(self.device, self.amp_dtype)
 
+    @property
+    def selection(self) -> str:
+        """The split best.pt is chosen on: 'val' or 'test'."""
+        return "test" if self.val_set is None else "val"
+
+    @property
+    def selection_set(self) -> ImageSet:
+        return self.test_set if self.val_set is None else self.val_set
+
 
 @dataclass
 class TrainState:
-    """Where training stands: the last finished epoch, the best evaluated one, the time
-    spent, one metrics row per epoch, and `partial`, the position inside an unfinished
-    epoch (a mid-epoch checkpoint; bbn.engine.tally)."""
+    """Where training stands: the last finished epoch, the best evaluated one (`best_top1`
+    on the selection split, `best_test_top1` its test top-1), the time spent, one metrics
+    row per epoch, and `partial`, the position inside an unfinished epoch (a mid-epoch
+    checkpoint; bbn.engine.tally)."""
 
     epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
+    best_test_top1: float | None = None
     train_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> "TrainState":
-        return cls(epoch=payload["epoch"], best_top1=payload["best_top1"], best_epoch=payload["best_epoch"],
+        best_top1 = payload["best_top1"]
+        return cls(epoch=payload["epoch"], best_top1=best_top1, best_epoch=payload["best_epoch"],
+                   best_test_top1=payload.get("best_test_top1", best_top1 if payload["best_epoch"] else None),
                    train_s=payload["train_s"], history=list(payload["history"]), partial=payload.get("partial"))
 
     def position(self) -> str:
@@ -128,6 +143,8 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
         optimizer=build_optimizer(model, cfg.train),
         train_set=create_image_set(data.train, cfg, data.mean, data.std, device, fmt, "train", skip_log),
         test_set=create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test", skip_log),
+        val_set=None if data.val is None else create_image_set(data.val, cfg, data.mean, data.std, device, fmt,
+                                                               "val", skip_log),
         step=world.step_module(model, cfg.train.sync_bn, device),
         amp_dtype=autocast_dtype(cfg.train.precision, device),
     )

@@ -105,7 +105,8 @@ def _tensorboard(run: RunDir, enabled: bool) -> Any:
     return SummaryWriter(log_dir=str(run.tensorboard))
 
 
-# What an evaluated epoch records in its metrics row (as val_<name>; None on other epochs).
+# What an evaluated epoch records in its metrics row (as val_<name>, on the selection split:
+# the validation split, else the test set; None on other epochs).
 VALIDATED = ("top1", *SHOT_GROUPS)
 
 # Called by `finish` with the run's components and state, its run folder and final.json's
@@ -190,11 +191,12 @@ def _end_epoch(t: Trainer, state: TrainState, run: RunDir, row: dict[str, Any], 
     row.update(dict.fromkeys(f"val_{key}" for key in VALIDATED))
     if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs:
         with t.autocast():
-            result = evaluate(t.model, t.test_set, t.data.class_counts, cfg.train.eval_batch_size)
+            result = evaluate(t.model, t.selection_set, t.data.class_counts, cfg.train.eval_batch_size)
         row.update({f"val_{key}": result[key] for key in VALIDATED})
         is_best = row["val_top1"] > state.best_top1
         if is_best:
             state.best_top1, state.best_epoch = row["val_top1"], state.epoch
+            state.best_test_top1 = row["val_top1"] if t.val_set is None else _test_top1(t)
     state.history.append(row)
     fault_point("train.evaluated")
     payload = checkpoint_of(t, state)
@@ -211,6 +213,12 @@ def _end_epoch(t: Trainer, state: TrainState, run: RunDir, row: dict[str, Any], 
                 writer.add_scalar(key, value, state.epoch)
     t.world.barrier()
     return state.position()
+
+
+def _test_top1(t: Trainer) -> float:
+    """Test top-1 of the model as it is (the best epoch's, chosen on the validation split)."""
+    with t.autocast():
+        return evaluate(t.model, t.test_set, t.data.class_counts, t.cfg.train.eval_batch_size)["top1"]
 
 
 def versions() -> dict[str, str]:
@@ -231,9 +239,12 @@ def finish(t: Trainer, state: TrainState, run: RunDir, on_finish: FinishHook | N
         return {}
     with t.autocast():
         final = evaluate(t.model, t.test_set, t.data.class_counts, t.cfg.train.eval_batch_size)
-    final.update(best_top1=state.best_top1, best_epoch=state.best_epoch, class_counts=t.data.class_counts,
-                 class_names=t.data.train.class_names, num_params=num_params(t.model),
-                 train_s=state.train_s, epochs=state.epoch, seed=t.cfg.seed, versions=versions())
+    final.update(best_top1=state.best_test_top1, best_epoch=state.best_epoch, selection=t.selection,
+                 class_counts=t.data.class_counts, class_names=t.data.train.class_names,
+                 num_params=num_params(t.model), train_s=state.train_s, epochs=state.epoch, seed=t.cfg.seed,
+                 versions=versions())
+    if t.data.val is not None:
+        final.update(best_val_top1=state.best_top1, val_counts=t.data.val.class_counts())
     if on_finish is not None:
         on_finish(t, state, run, final)
     write_results(run.final, final)  # last: final.json marks a finished run

@@ -284,6 +284,21 @@ def _class_rows(order: np.ndarray, acc: np.ndarray, counts: np.ndarray,
             + [row(int(i)) for i in order[-_TABLE_EDGE:]])
 
 
+_SPLIT_NAMES = {"test": "test set", "val": "validation split"}
+
+
+def _held_out_lines(final: dict[str, Any], counts: np.ndarray) -> list[str]:
+    """The validation split's line: how many training images it took, per class and in all."""
+    held = final.get("val_counts")
+    if not held:
+        return ["- Model selection: best.pt chosen on the test set (the reference's protocol; set "
+                "data.val_per_class to choose on a validation split)"]
+    k, total = max(held), int(sum(held))
+    return [f"- Model selection: best.pt chosen on a validation split of {k} images per class ({total} in all) "
+            f"held out of the training subset: {int(counts.sum()) + total} -> {int(counts.sum())} training "
+            "images; the test set is only reported"]
+
+
 def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) -> Path:
     """Write `report.md` and its PNG plots into `run_dir`; return the report's path."""
     run_dir = Path(run_dir)
@@ -331,12 +346,16 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         method_txt += (f" (adaptor: {method.get('adaptor', 'n/a')}, "
                        f"rebalance sampler: {method.get('rebalance_sampler', 'n/a')})")
     ratio, best_epoch = data.get("imbalance_ratio"), final.get("best_epoch", "n/a")
+    selection = final.get("selection", "test")  # runs before the validation split chose on the test set
     observed = f"{counts.max() / counts.min():.1f}" if counts.min() > 0 else "n/a"
     lines = [
         f"# Run report: {config.get('name', run_dir.name)}", "",
         "| metric | value |", "|---|---:|",
         f"| top-1, last epoch | {percent(final.get('top1'))} |",
-        f"| best top-1 (best epoch {best_epoch}) | {percent(final.get('best_top1'))} |",
+        f"| best top-1 (best epoch {best_epoch}, chosen on the {_SPLIT_NAMES[selection]}) "
+        f"| {percent(final.get('best_top1'))} |",
+        *([f"| validation top-1 of the best epoch | {percent(final.get('best_val_top1'))} |"]
+          if selection == "val" else []),
         f"| best epoch | {best_epoch} |",
         f"| top-5, last epoch | {percent(final.get('top5'))} |",
         f"| error, last epoch | {percent(final.get('error'))} |",
@@ -356,6 +375,7 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         f"training images, profile {data.get('profile', 'n/a')})",
         f"- Imbalance ratio: {ratio if ratio is not None else 'n/a'} configured, "
         f"{observed} observed ({int(counts.max())} / {int(counts.min())} images)",
+        *_held_out_lines(final, counts),
         f"- Epochs: {train.get('epochs', 'n/a')} configured, {len(history)} recorded",
         f"- Parameters: {int(final.get('num_params', 0)):,}",
         f"- Training time: {_duration(final.get('train_s', 0.0))}",
