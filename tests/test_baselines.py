@@ -339,3 +339,21 @@ def test_an_explicit_defer_epoch_must_leave_a_deferred_phase() -> None:
     assert defer_epoch(tiny_cfg("method.defer_epoch=9")) == 9  # 10 epochs: epoch 10 is deferred
     with pytest.raises(BBNError, match="method.defer_epoch=10 leaves no deferred phase"):
         defer_epoch(tiny_cfg("method.defer_epoch=10"))
+
+
+@pytest.mark.parametrize("name", ["rs", "ce_drs"])
+def test_resampling_draws_from_method_sampler(name: str) -> None:
+    """RS (and DRS after its switch) re-sample with method.sampler: sqrt here."""
+    from bbn.samplers import sqrt_class_probs
+
+    counts = [200, 60, 20, 8]
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    cfg = build_config({}, [f"method.name={name}", "model.name=resnet32", "method.sampler=sqrt", "train.batch_size=8",
+                            "train.epochs=10", "method.defer_epoch=5"])
+    method = METHODS.get(name)(cfg, labels, len(counts))
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([idx for epoch in range(6, 11) for (idx,) in method.plan(epoch, g)])
+    observed = torch.bincount(labels[drawn], minlength=4).double()
+    expected = sqrt_class_probs(counts) * len(drawn)
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    assert stat < 16.27, (stat, observed.tolist())  # chi-square, 3 degrees of freedom, q = 0.999

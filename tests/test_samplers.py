@@ -17,6 +17,8 @@ from bbn.samplers import (
     UniformSampler,
     balanced_class_probs,
     drawn_batches,
+    progressive_class_probs,
+    sqrt_class_probs,
     reversed_class_probs,
 )
 
@@ -79,6 +81,38 @@ def test_empty_class_in_labels_refused_by_class_samplers() -> None:
     for name in ("reversed", "balanced"):
         with pytest.raises(BBNError):
             REBALANCE_SAMPLERS.get(name)(labels, 3, EPOCHS)
+
+
+def test_sqrt_class_probs_by_hand() -> None:
+    # N = 100, 25, 4: sqrt = 10, 5, 2, sum 17
+    probs = sqrt_class_probs([100, 25, 4])
+    assert probs.tolist() == pytest.approx([10 / 17, 5 / 17, 2 / 17])
+    with pytest.raises(BBNError, match="N_i >= 1"):
+        sqrt_class_probs([3, 0])
+
+
+def test_progressive_class_probs_by_hand() -> None:
+    # N = 60, 30, 10 (natural 0.6, 0.3, 0.1), C = 3, T = 4: share t/T with t = epoch - 1
+    counts = [60, 30, 10]
+    assert progressive_class_probs(counts, 1, 4).tolist() == pytest.approx([0.6, 0.3, 0.1])
+    assert progressive_class_probs(counts, 3, 4).tolist() == pytest.approx([0.5 * 0.6 + 0.5 / 3, 0.5 * 0.3 + 0.5 / 3,
+                                                                            0.5 * 0.1 + 0.5 / 3])
+    assert progressive_class_probs(counts, 4, 4).tolist() == pytest.approx([0.25 * 0.6 + 0.75 / 3,
+                                                                            0.25 * 0.3 + 0.75 / 3,
+                                                                            0.25 * 0.1 + 0.75 / 3])
+
+
+@pytest.mark.parametrize("epoch", [1, 101, 200])
+def test_sqrt_and_progressive_class_frequencies_chi_square(epoch: int) -> None:
+    labels = shuffled_labels(C10_IR100)
+    for name, probs in (("sqrt", sqrt_class_probs(C10_IR100)),
+                        ("progressive", progressive_class_probs(C10_IR100, epoch, EPOCHS))):
+        idx = REBALANCE_SAMPLERS.get(name)(labels, 10, EPOCHS).draw(N_DRAWS, epoch, gen(epoch))
+        observed = torch.bincount(labels[idx], minlength=10)
+        assert chi2_stat(observed, probs) < chi2_bound(9), (name, epoch, observed.tolist())
+        if name == "progressive" and epoch > 1:  # moved away from the natural distribution
+            natural = torch.tensor(C10_IR100, dtype=torch.float64) / sum(C10_IR100)
+            assert chi2_stat(observed, natural) > 100 * chi2_bound(9)
 
 
 # ---------------------------------------------------------------- goodness of fit
@@ -301,7 +335,7 @@ def test_pair_sampler_with_uniform_rebalance_option() -> None:
 
 
 def test_registry_names() -> None:
-    assert set(REBALANCE_SAMPLERS.names()) == {"reversed", "balanced", "uniform"}
+    assert set(REBALANCE_SAMPLERS.names()) == {"reversed", "balanced", "sqrt", "progressive", "uniform"}
     assert "reversed" in REBALANCE_SAMPLERS and "reverse_x" not in REBALANCE_SAMPLERS
 
 
@@ -322,7 +356,7 @@ def test_registry_unknown_far_name_has_no_suggestion() -> None:
     with pytest.raises(BBNError) as info:
         REBALANCE_SAMPLERS.get("zzzzzzzzzz")
     assert "did you mean" not in str(info.value)
-    assert "known: reversed, balanced, uniform" in str(info.value)
+    assert "known: reversed, balanced, sqrt, progressive, uniform" in str(info.value)
 
 
 # ---------------------------------------------------------------- epoch-dependent samplers

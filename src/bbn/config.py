@@ -129,7 +129,8 @@ class ModelConfig(_Section):
 class MethodConfig(_Section):
     """The training rule and its parameters; each method reads only its own.
 
-    BBN: `adaptor`, `rebalance_sampler` (SPEC §2). Baselines (SPEC §6): `focal_gamma`
+    BBN: `adaptor`, `rebalance_sampler` (SPEC §2). RS and DRS: `sampler`, the class-aware
+    sampler of RS and of DRS's deferred phase (default balanced). Baselines (SPEC §6): `focal_gamma`
     (Focal, CB-Focal), `cb_beta` (effective-number weights of CB-Focal and DRW),
     `defer_epoch` (DRW/DRS switch after this epoch; None = 80 % of the epochs, i.e. 160 of
     200), `ldam_max_margin` and `ldam_scale` (LDAM), `mixup_alpha` (the Beta(a, a) of the
@@ -139,6 +140,7 @@ class MethodConfig(_Section):
     name: str = "bbn"
     adaptor: str = "parabolic_decay"
     rebalance_sampler: str = "reversed"
+    sampler: str = "balanced"
     focal_gamma: float = Field(1.0, ge=0.0)
     cb_beta: float = Field(0.9999, ge=0.0, lt=1.0)
     defer_epoch: int | None = Field(None, ge=0)

@@ -1,4 +1,5 @@
-"""Samplers (SPEC §1-§2): uniform, reversed, balanced, and BBN's pairing of the two branches.
+"""Samplers (SPEC §1-§2): uniform, reversed, balanced, square-root, progressively balanced,
+and BBN's pairing of the two branches.
 
 A sampler needs only the training labels and a generator: it returns index tensors (on the
 CPU, they are tiny), never images, and nothing loops over samples in Python. A method owns
@@ -25,6 +26,28 @@ def reversed_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
         raise BBNError("the reversed sampler needs N_i >= 1 for every class (w_i = N_max/N_i)")
     w = n.max() / n
     return w / w.sum()
+
+
+def instance_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
+    """P_i = N_i / sum_j N_j: the natural distribution (every image equally likely)."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    return n / n.sum()
+
+
+def sqrt_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
+    """P_i = N_i^(1/2) / sum_j N_j^(1/2): square-root sampling (Decoupling, Kang et al. 2020)."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if bool((n <= 0).any()):
+        raise BBNError("square-root sampling needs N_i >= 1 for every class")
+    return n.sqrt() / n.sqrt().sum()
+
+
+def progressive_class_probs(counts: list[int] | torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+    """P_i(t) = (1 - t/T) N_i / sum_j N_j + (t/T) / C with t = epoch - 1 and T = epochs:
+    progressively balanced sampling (Decoupling, Kang et al. 2020), from the natural
+    distribution at the first epoch towards class-balanced ones."""
+    share = (epoch - 1) / epochs
+    return (1.0 - share) * instance_class_probs(counts) + share * balanced_class_probs(counts)
 
 
 def balanced_class_probs(counts: list[int] | torch.Tensor) -> torch.Tensor:
@@ -67,6 +90,19 @@ class ClassSampler:
         return self.order[self.starts[classes] + offset]
 
 
+class ProgressiveSampler(ClassSampler):
+    """A ClassSampler whose class probabilities move with the epoch (`progressive_class_probs`)."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int, epochs: int) -> None:
+        counts = _counts(labels, num_classes)
+        balanced_class_probs(counts)  # refuses an empty class
+        super().__init__(labels, instance_class_probs(counts))
+        self.epochs = epochs
+
+    def probs_at(self, epoch: int) -> torch.Tensor:
+        return progressive_class_probs(self.counts, epoch, self.epochs)
+
+
 class InstanceSampler:
     """Every image equally likely, with replacement (the 'uniform' re-balancing option)."""
 
@@ -95,6 +131,16 @@ def reversed_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> Cla
 @REBALANCE_SAMPLERS.register("balanced")
 def balanced_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> ClassSampler:
     return ClassSampler(labels, balanced_class_probs(_counts(labels, num_classes)))
+
+
+@REBALANCE_SAMPLERS.register("sqrt")
+def sqrt_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> ClassSampler:
+    return ClassSampler(labels, sqrt_class_probs(_counts(labels, num_classes)))
+
+
+@REBALANCE_SAMPLERS.register("progressive")
+def progressive_sampler(labels: torch.Tensor, num_classes: int, epochs: int) -> ProgressiveSampler:
+    return ProgressiveSampler(labels, num_classes, epochs)
 
 
 @REBALANCE_SAMPLERS.register("uniform")

@@ -30,6 +30,7 @@ from bbn.losses import (
 from bbn.methods.base import METHODS
 from bbn.methods.single import SingleBranch, defer_epoch
 from bbn.models.resnet_cifar import NormedLinear
+from bbn.samplers import REBALANCE_SAMPLERS
 
 
 class ClassWeighted(SingleBranch):
@@ -71,12 +72,17 @@ class Reweighting(ClassWeighted):
         return self.weights
 
 
-@METHODS.register("rs")
+@METHODS.register("rs", reads={"method.sampler"})
 class Resampling(SingleBranch):
-    """RS: plain cross-entropy on class-balanced batches every epoch."""
+    """RS: plain cross-entropy on re-sampled batches every epoch (method.sampler: class-
+    balanced by default; sqrt, progressive, reversed or uniform)."""
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        REBALANCE_SAMPLERS.get(cfg.method.sampler)
 
     def sampler(self, epoch: int) -> str:
-        return "balanced"
+        return self.cfg.method.sampler
 
 
 @METHODS.register("focal", reads={"method.focal_gamma"})
@@ -118,16 +124,21 @@ class DeferredReweighting(ClassWeighted):
         return None if epoch <= self.defer else self.weights
 
 
-@METHODS.register("ce_drs", reads={"method.defer_epoch"})
+@METHODS.register("ce_drs", reads={"method.defer_epoch", "method.sampler"})
 class DeferredResampling(SingleBranch):
-    """CE-DRS: plain CE; the uniform sampler up to `defer_epoch`, class-balanced after."""
+    """CE-DRS: plain CE; the uniform sampler up to `defer_epoch`, method.sampler after
+    (class-balanced by default)."""
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        REBALANCE_SAMPLERS.get(cfg.method.sampler)
 
     def __init__(self, cfg: Config, labels: torch.Tensor, num_classes: int) -> None:
         super().__init__(cfg, labels, num_classes)
         self.defer = defer_epoch(cfg)
 
     def sampler(self, epoch: int) -> str:
-        return "uniform" if epoch <= self.defer else "balanced"
+        return "uniform" if epoch <= self.defer else self.cfg.method.sampler
 
 
 @METHODS.register("ldam_drw", reads={"method.cb_beta", "method.defer_epoch", "method.ldam_max_margin",
