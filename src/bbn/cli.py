@@ -235,7 +235,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bbn.tools.compare import compare
 
-    text, written = compare(args.runs, args.out, command="bbn compare " + " ".join(sys.argv[2:]))
+    command = " ".join(["bbn compare", *args.runs, *(["--out", args.out] if args.out else [])])
+    text, written = compare(args.runs, args.out, command=command)
     print(text, end="")
     if written:
         print("written: " + ", ".join(str(path) for path in written))
