@@ -199,3 +199,13 @@ def test_a_stopped_real_run_is_named_unfinished(tmp_path: Path, capsys: pytest.C
     shutil.copytree(FIXTURES / "run_v1", stopped)
     assert_bad_input(["compare", str(stopped)], capsys, "unfinished (no final.json)",
                      f"bbn train --resume {stopped}")
+
+
+def test_the_data_column_names_the_profile(runs: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    a = runs["bbn_s0"]
+    natural = copy_run(a, tmp_path / "natural", {"data.profile": "none"})
+    step = copy_run(a, tmp_path / "step", {"data.profile": "step", "data.imbalance_ratio": 10.0})
+    rows = compare([str(a), str(natural), str(step)], capsys)
+    assert [r["data"] for r in rows[:3]] == ["digits IR20", "digits (as given)", "digits IR10 step"]
+    assert [r["group"] for r in rows[:3]] == ["G1", "G2", "G3"]

@@ -63,6 +63,10 @@ class Run:
         return json.dumps({k: v for k, v in sorted(flat.items()) if k != "seed" and k not in EXECUTION_KEYS})
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_run(path: str | Path) -> Run:
     """A finished run folder (config.yaml, final.json, metrics.jsonl), or a one-line BBNError."""
     run = RunDir(path)
@@ -81,10 +85,11 @@ def read_run(path: str | Path) -> Run:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BBNError(f"'{run.final}' cannot be read ({first_line(exc, 80)}); {fix}") from None
     counts, per_class = (final.get("class_counts"), final.get("per_class")) if isinstance(final, dict) else (0, 0)
-    if (not isinstance(final, dict) or not isinstance(final.get("top1"), (int, float))
-            or not isinstance(per_class, list) or not isinstance(counts, list) or len(per_class) != len(counts)):
+    if (not isinstance(final, dict) or not _is_number(final.get("top1")) or not isinstance(per_class, list)
+            or not isinstance(counts, list) or len(per_class) != len(counts)
+            or not all(a is None or _is_number(a) for a in per_class) or not all(map(_is_number, counts))):
         raise BBNError(f"'{run.final}' is not a final.json of bbn train (no top-1, or per_class and class_counts "
-                       f"missing or of different lengths); {fix}")
+                       f"missing, not numbers or of different lengths); {fix}")
     try:
         history = read_metrics(run.metrics)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -128,7 +133,10 @@ def group_cell(key: str, values: Sequence[float | None]) -> str:
 def _describe(run: Run) -> list[str]:
     data, model, method = run.config["data"], run.config["model"], run.config["method"]
     source = SOURCE_LABELS.get(data["source"], data["source"])
-    return [method_label(method["name"]), str(model["name"]), f"{source} IR{float(data['imbalance_ratio']):g}"]
+    profile = data.get("profile", "exp")
+    shape = "(as given)" if profile == "none" else f"IR{float(data['imbalance_ratio']):g}" + (
+        f" {profile}" if profile != "exp" else "")
+    return [method_label(method["name"]), str(model["name"]), f"{source} {shape}"]
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -266,7 +274,7 @@ def compare(paths: Sequence[str | Path], out: str | Path | None = None,
     per_class_runs(runs)
     figures = [("Curves", "curves.png")] + ([("Per-class accuracy against the first run", "per_class_diff.png")]
                                           if len(runs) > 1 else [])
-    doc = [f"# Run comparison", "", f"Command: `{command}`", "", text.rstrip(), ""]
+    doc = ["# Run comparison", "", f"Command: `{command}`", "", text.rstrip(), ""]
     for title, name in figures:
         doc += [f"## {title}", "", f"![{title}]({name})", ""]
     try:
