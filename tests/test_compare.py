@@ -149,7 +149,7 @@ def test_out_writes_the_table_and_both_plots_into_an_existing_folder(
     out.mkdir()
     (out / "mine.txt").write_text("kept")
     args = [str(p) for p in runs.values()]
-    assert main(["compare", *args, "--out", str(out)]) == 0
+    assert main(["compare", args[0], "--out", str(out), *args[1:]]) == 0  # options between the runs too
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("|")]
     md = (out / "compare.md").read_text()

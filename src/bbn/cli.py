@@ -235,8 +235,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bbn.tools.compare import compare
 
-    command = " ".join(["bbn compare", *args.runs, *(["--out", args.out] if args.out else [])])
-    text, written = compare(args.runs, args.out, command=command)
+    command = " ".join(["bbn compare", *args.items, *(["--out", args.out] if args.out else [])])
+    text, written = compare(args.items, args.out, command=command)
     print(text, end="")
     if written:
         print("written: " + ", ".join(str(path) for path in written))
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("compare", help="finished runs side by side: one table (seeds as mean ± std), "
                                        "with --out also curves and a per-class difference plot")
-    p.add_argument("runs", nargs="*", metavar="RUN", help="finished run folders (each with final.json)")
+    p.add_argument("items", nargs="*", metavar="RUN", help="finished run folders (each with final.json)")
     p.add_argument("--out", metavar="DIR", help="write compare.md, curves.png and per_class_diff.png there")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("study", help="classifier re-training on frozen features; the two-stage study (Figure 1)")
