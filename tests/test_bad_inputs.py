@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ from bbn.errors import EXIT_BAD_INPUT, BBNError
 from bbn.models import create_model
 
 DOC = Path(__file__).parents[1] / "docs" / "bad_inputs.md"
-CATEGORIES = ("data files", "user arrays", "image files", "config", "environment", "checkpoint")
+CATEGORIES = ("data files", "user arrays", "image files", "config", "environment", "checkpoint", "run results")
 FAST = ["train.tensorboard=false", "train.threads=1", "--no-progress"]
 CIFAR_ARGS = ["cifar10_ir100_bbn", "data.imbalance_ratio=2"]  # the fixture's 3 images per class
 TINY_DIGITS = ["digits_ce", "data.n_max=20", "train.batch_size=16", "train.epochs=2", "train.milestones=[1]",
@@ -363,6 +364,27 @@ def _predict_torchscript(env: Env) -> list[str]:
     return ["predict", str(_torchscript(env)), str(env.tmp)]
 
 
+def _finished_run(env: Env, name: str, classes: int = 10, final: str | None = None) -> Path:
+    """A run folder as `bbn compare` reads it: config.yaml and final.json (`final`: its text)."""
+    run = env.tmp / name
+    run.mkdir()
+    save_config(_digits_cfg(), run / "config.yaml")
+    (run / "final.json").write_text(final if final is not None else json.dumps(
+        {"top1": 50.0, "per_class": [50.0] * classes, "class_counts": list(range(classes, 0, -1))}))
+    return run
+
+
+def _compare_unfinished(env: Env) -> list[str]:
+    run = _finished_run(env, "stopped")
+    (run / "final.json").unlink()
+    return ["compare", str(run)]
+
+
+def _compare_other_classes(env: Env) -> list[str]:
+    return ["compare", str(_finished_run(env, "ten")), str(_finished_run(env, "five", classes=5)),
+            "--out", str(env.tmp / "cmp")]
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -598,6 +620,32 @@ CASES: list[Case] = [
          lambda e: (_run_with_checkpoint(e), (e.tmp / "final.json").write_text("{}\n"),
                     ["predict", str(e.tmp), str(e.tmp), "--out", str(e.tmp / "final.json")])[-1],
          ("final.json", "existing file of run", "new file name")),
+    # run results (bbn compare)
+    Case("compare-not-a-folder", "run results", "bbn compare of a file", "pass a run folder",
+         lambda e: ((e.tmp / "notes.txt").write_text("mine"), ["compare", str(e.tmp / "notes.txt")])[-1],
+         ("notes.txt", "is not a folder", "run folder written by bbn train")),
+    Case("compare-not-a-run", "run results", "bbn compare of a folder that is no run", "pass a run folder",
+         lambda e: ["compare", str(e.tmp)], ("not a run folder (no config.yaml)", "bbn train")),
+    Case("compare-unfinished", "run results", "bbn compare of a run without final.json (unfinished)",
+         "finish it with bbn train --resume", _compare_unfinished,
+         ("stopped' is unfinished (no final.json)", "bbn train --resume", "leave it out")),
+    Case("compare-corrupt-final", "run results", "bbn compare of a run whose final.json is cut short",
+         "write it again with bbn train --resume", lambda e: ["compare", str(_finished_run(e, "cut", final='{"top1": 5'))],
+         ("final.json' cannot be read", "bbn train --resume")),
+    Case("compare-foreign-final", "run results", "bbn compare of a run whose final.json is not bbn's",
+         "write it again with bbn train --resume", lambda e: ["compare", str(_finished_run(e, "odd", final="[1, 2]"))],
+         ("final.json' is not a final.json of bbn train", "bbn train --resume")),
+    Case("compare-no-runs", "run results", "bbn compare without a run", "give at least one RUN",
+         lambda e: ["compare"], ("no run to compare", "at least one RUN")),
+    Case("compare-other-classes", "run results", "bbn compare --out of runs with different class counts",
+         "leave one out, or compare without --out", _compare_other_classes,
+         ("five' has 5 classes", "per_class_diff.png", "without --out")),
+    Case("compare-out-is-a-file", "run results", "bbn compare --out an existing file", "choose a folder",
+         lambda e: ["compare", str(_finished_run(e, "a")), "--out", str(_finished_run(e, "b") / "final.json")],
+         ("final.json' is a file, not a folder", "choose a folder")),
+    Case("compare-out-is-a-run", "run results", "bbn compare --out a run folder", "choose another folder",
+         lambda e: ["compare", str(_finished_run(e, "a")), "--out", str(e.tmp / "a")],
+         ("is a run folder", "curves.png would be replaced", "another folder")),
     # checkpoint
     Case("ckpt-truncated", "checkpoint", "a checkpoint cut short", "use a checkpoint written by bbn train",
          eval_of(lambda e: _damaged(e, keep=slice(0, 2000))), ("best.pt", "cannot be read", "bbn train")),

@@ -233,6 +233,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bbn.tools.compare import compare
+
+    command = " ".join(["bbn compare", *args.items, *(["--out", args.out] if args.out else [])])
+    text, written = compare(args.items, args.out, command=command)
+    print(text, end="")
+    if written:
+        print("written: " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def _taus(text: str | None) -> list[float] | None:
     if text is None:
         return None
@@ -340,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/reproduce", help="folder of the runs and results.md")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel, each with a share of the CPU threads")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("compare", help="finished runs side by side: one table (seeds as mean ± std), "
+                                       "with --out also curves and a per-class difference plot")
+    p.add_argument("items", nargs="*", metavar="RUN", help="finished run folders (each with final.json)")
+    p.add_argument("--out", metavar="DIR", help="write compare.md, curves.png and per_class_diff.png there")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("study", help="classifier re-training on frozen features; the two-stage study (Figure 1)")
     studies = p.add_subparsers(dest="study", required=True)
     q = studies.add_parser("retrain", help="a new classifier on a run's frozen representation")
