@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from bbn.engine.metrics import classification_metrics, summary_lines
-from bbn.errors import BBNError
+from bbn.errors import BBNError, quote
 from bbn.models import BilateralModel
 from bbn.registry import Registry
 
@@ -128,19 +128,19 @@ def parse_adjust(text: str) -> AdjustSpec:
     BBNError naming the fix."""
     kind, sep, params = text.partition(":")
     ADJUSTMENTS.get(kind.strip())  # unknown kind: the registry names the closest
-    kind = kind.strip()
+    kind, given = kind.strip(), quote(text, 60)
     if not sep or not params.strip():
-        raise BBNError(f"--adjust '{text}' gives no tau; write {kind}:tau=T with T a number >= 0, "
+        raise BBNError(f"--adjust '{given}' gives no tau; write {kind}:tau=T with T a number >= 0, "
                        f"or {kind}:tau=sweep")
     tau_text: str | None = None
     for item in params.split(","):
         name, eq, value = item.partition("=")
         name = name.strip()
         if name != "tau" or not eq:
-            raise BBNError(f"unknown parameter '{item.strip()}' in --adjust '{text}'; the only parameter is "
+            raise BBNError(f"unknown parameter '{quote(item.strip(), 40)}' in --adjust '{given}'; the only parameter is "
                            f"tau, e.g. {kind}:tau=1.0")
         if tau_text is not None:
-            raise BBNError(f"--adjust '{text}' gives tau twice; give it once, e.g. {kind}:tau=1.0")
+            raise BBNError(f"--adjust '{given}' gives tau twice; give it once, e.g. {kind}:tau=1.0")
         tau_text = value.strip()
     assert tau_text is not None
     if tau_text == SWEEP:
@@ -150,7 +150,7 @@ def parse_adjust(text: str) -> AdjustSpec:
     except ValueError:
         tau = math.nan
     if not math.isfinite(tau) or tau < 0:
-        raise BBNError(f"tau '{tau_text}' in --adjust '{text}' is not a number >= 0; give e.g. {kind}:tau=1.0 "
+        raise BBNError(f"tau '{quote(tau_text, 40)}' in --adjust '{given}' is not a number >= 0; give e.g. {kind}:tau=1.0 "
                        f"or {kind}:tau=sweep")
     return AdjustSpec(kind, tau)
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from bbn.data.loader import ImageSet, create_image_set
-from bbn.data.sources import Splits
+from bbn.data.files import ImageFiles
+from bbn.data.sources import LabeledImages, Splits
 from bbn.devices import resolve_device
 from bbn.engine.evaluate import infer, load_run, predict
 from bbn.engine.metrics import classification_metrics
@@ -73,7 +74,7 @@ def infer_outputs(model: nn.Module, data: ImageSet, batch_size: int, branch: str
     return Outputs(both[:, :num_classes], labels, both[:, num_classes:])
 
 
-def validation_set(data: Splits) -> Any:
+def validation_set(data: Splits) -> LabeledImages | ImageFiles | None:
     """The run's held-out validation split, or None (then a `--adjust ...:tau=sweep` selects
     tau on the test set and says so): the one place the sweep looks for it."""
     return getattr(data, "val", None)
