@@ -224,6 +224,16 @@ def eval_of(write: Callable[[Env], Path]) -> Callable[[Env], list[str]]:
     return lambda env: ["eval", str(write(env)), "--device", "cpu"]
 
 
+def adjust_of(spec: str, write: Callable[[Env], Path] | None = None) -> Callable[[Env], list[str]]:
+    """`bbn eval CHECKPOINT --adjust SPEC` (default: an untrained digits checkpoint)."""
+    return lambda env: [*eval_of(write or checkpoint_file)(env), "--adjust", spec]
+
+
+def _cosine_checkpoint(env: Env) -> Path:
+    cfg = load_config("digits_ce", ["train.threads=1", "train.tensorboard=false", "model.name=resnet32_cosine"])
+    return checkpoint_file(env, "resnet32_cosine", cfg.to_dict())
+
+
 def _damaged(env: Env, keep: slice | None = None, content: bytes | None = None) -> Path:
     path = checkpoint_file(env)
     path.write_bytes(content if content is not None else path.read_bytes()[keep])
@@ -584,6 +594,17 @@ CASES: list[Case] = [
          train_digits("data.source=cifar"), ("unknown data source 'cifar'", "cifar10")),
     Case("config-stray-argument", "config", "a second positional argument", "one CONFIG, then key=value",
          lambda e: ["train", "digits_bbn", "epochs", "--out", str(e.out)], ("unexpected argument 'epochs'", "key=value")),
+    Case("adjust-unknown-kind", "config", "bbn eval --adjust of an unknown kind", "use the suggested kind",
+         adjust_of("logits:tau=1"), ("unknown --adjust kind 'logits'", "did you mean 'logit'")),
+    Case("adjust-missing-tau", "config", "bbn eval --adjust without tau", "give tau=T or tau=sweep",
+         adjust_of("logit"), ("--adjust 'logit' gives no tau", "logit:tau=T", "tau=sweep")),
+    Case("adjust-negative-tau", "config", "bbn eval --adjust with a negative tau", "give a tau >= 0",
+         adjust_of("logit:tau=-1"), ("tau '-1'", "not a number >= 0")),
+    Case("adjust-tau-not-a-number", "config", "bbn eval --adjust with a tau that is not a number",
+         "give a number or sweep", adjust_of("tau_norm:tau=big"), ("tau 'big'", "not a number >= 0", "tau=sweep")),
+    Case("adjust-unknown-parameter", "config", "bbn eval --adjust with a parameter other than tau",
+         "give tau only", adjust_of("logit:temperature=2"),
+         ("unknown parameter 'temperature=2'", "the only parameter is tau")),
     # environment
     Case("env-device-missing", "environment", "train.device=mps on a machine without it", "use an available device",
          train_digits("train.device=mps"), ("device 'mps' is not available on this machine", "available: cpu")),
@@ -681,6 +702,9 @@ CASES: list[Case] = [
          _predict_torchscript, ("model.ts", "is an exported TorchScript model", "not a bbn checkpoint", "run folder")),
     Case("eval-torchscript", "checkpoint", "bbn eval of a TorchScript export", "pass the run or checkpoint",
          lambda e: ["eval", str(_torchscript(e))], ("model.ts", "is an exported TorchScript model", "run folder")),
+    Case("adjust-tau-norm-cosine", "checkpoint", "bbn eval --adjust tau_norm of a model with a cosine "
+         "classifier", "use --adjust logit", adjust_of("tau_norm:tau=0.5", _cosine_checkpoint),
+         ("needs a linear classifier", "resnet32_cosine", "NormedLinear", "--adjust logit")),
     Case("predict-zero-classes", "checkpoint", "predict with a checkpoint whose classifier has 0 classes",
          "use a trained model's checkpoint", _zero_class_predict, ("zero.pt", "0 classes", "not a trained classifier")),
 ]

@@ -94,3 +94,9 @@ def test_old_checkpoints_keep_their_best_test_top1() -> None:
     old = {"epoch": 4, "best_top1": 81.5, "best_epoch": 3, "train_s": 1.0, "history": []}
     assert TrainState.from_checkpoint(old).best_test_top1 == 81.5
     assert TrainState.from_checkpoint({**old, "best_epoch": 0, "best_top1": -1.0}).best_test_top1 is None
+
+
+def test_a_tau_sweep_selects_on_the_validation_split(val_run: RunDir) -> None:
+    assert main(["eval", str(val_run.root), "--adjust", "logit:tau=sweep"]) == 0
+    swept = json.loads((val_run.root / "eval.json").read_text())["adjusted"]["logit:tau=sweep"]
+    assert swept["selection"] == "val"

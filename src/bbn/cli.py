@@ -90,12 +90,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from bbn.tools.adjust import format_adjusted
     from bbn.tools.evaluate import eval_command
 
-    result = eval_command(args.target, args.device, args.branch)
+    result = eval_command(args.target, args.device, args.branch, args.adjust)
     branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
     print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']}{branch})")
     print(_summary(result))
+    for line in format_adjusted(result.get("adjusted", {}), result["top1"]):
+        print(line)
     return 0
 
 
@@ -300,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", choices=["all", "cb", "rb"], default="all",
                    help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
                         "or BBN-RB (W_r f_r + b) alone")
+    p.add_argument("--adjust", action="append", metavar="KIND:tau=T|sweep",
+                   help="also report a post-hoc adjustment (repeatable): logit:tau=T (z - T log prior) or "
+                        "tau_norm:tau=T (w_i / ||w_i||^T); tau=sweep picks T by top-1 on the validation "
+                        "split, else on the test set (labelled selection: test)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("import-reference", help="convert an authors' released BBN checkpoint to a bbn checkpoint")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="the reference .pth (ResNet-32 or ResNet-50 layout)")

@@ -5,8 +5,8 @@ Rules (a registry of name -> rule):
 * `rw`  — the same, cross-entropy weighted by the inverse class frequency (RW);
 * `rs`  — the same, class-balanced sampling (RS); this is cRT of the Decoupling paper
   (Kang et al., ICLR 2020), also registered as `crt`;
-* `tau_norm` — no training: the run's own weights rescaled to w_i / ||w_i||^tau, bias
-  dropped, for each tau of a list;
+* `tau_norm` — no training: the run's own weights rescaled to w_i / ||w_i||^tau
+  (bbn.tools.adjust.tau_normalized_weights), bias dropped, for each tau of a list;
 * `lws` — learnable weight scaling: the run's classifier frozen, one scale f_i per class
   learned with class-balanced sampling, logits f_i * (w_i . x) + b_i.
 """
@@ -29,11 +29,12 @@ from bbn.losses import inverse_frequency_weights
 from bbn.engine.metrics import classification_metrics
 from bbn.engine.optim import set_lr
 from bbn.registry import Registry
+from bbn.tools.adjust import TAU_NORM_TAUS, tau_normalized_weights
 from bbn.tools.study.features import FrozenFeatures
 
 STAGE2_EPOCHS = 10  # Decoupling's cRT schedule
 STAGE2_MOMENTUM = 0.9
-DEFAULT_TAUS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
+DEFAULT_TAUS = TAU_NORM_TAUS  # 0, 0.1, ..., 1
 TAU_NOTE = "tau chosen on the test set: an optimistic number"
 
 
@@ -100,11 +101,6 @@ class LWSHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scales * (x @ self.W.t()) + self.b
-
-
-def tau_normalized_weights(W: torch.Tensor, tau: float) -> torch.Tensor:  # noqa: N803
-    """tau-normalisation: w_i / ||w_i||_2^tau for every class i (Decoupling)."""
-    return W / W.norm(dim=1, keepdim=True).pow(tau)
 
 
 def train_head(head: nn.Module, feats: FrozenFeatures, sampler: str,
