@@ -183,12 +183,12 @@ def _end_epoch(t: Trainer, state: TrainState, run: RunDir, row: dict[str, Any], 
     cfg = t.cfg
     state.epoch = row["epoch"]
     state.train_s += row["epoch_s"]
+    row.update(dict.fromkeys(f"val_{key}" for key in VALIDATED))  # every rank's row has every key
     if not t.world.is_main:
         state.history.append(row)
         t.world.barrier()
         return state.position()
     is_best = False
-    row.update(dict.fromkeys(f"val_{key}" for key in VALIDATED))
     if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.train.epochs:
         with t.autocast():
             result = evaluate(t.model, t.selection_set, t.data.class_counts, cfg.train.eval_batch_size)
