@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bbn.budget import effective_config
 from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
@@ -28,8 +29,9 @@ from bbn.models import create_model
 
 @dataclass(frozen=True)
 class Trainer:
-    """The fixed components of a run. `step` runs a method's step on the model (under
-    DistributedDataParallel when several processes train)."""
+    """The fixed components of a run. `cfg` is what it trains with (bbn.budget's effective
+    config), `recipe` the config asked for (config.yaml's, what checkpoints keep). `step`
+    runs a method's step on the model (under DistributedDataParallel when several processes train)."""
 
     cfg: Config
     device: torch.device
@@ -42,6 +44,7 @@ class Trainer:
     test_set: ImageSet
     step: nn.Module
     amp_dtype: torch.dtype | None = None
+    recipe: Config | None = None  # None: cfg is the recipe
 
     def autocast(self) -> ContextManager:
         """The precision context of forward passes (train.precision)."""
@@ -75,7 +78,7 @@ class TrainState:
 
 def checkpoint_of(t: Trainer, state: TrainState) -> dict[str, Any]:
     """The checkpoint's content: config, weights, optimiser and the whole TrainState."""
-    return {"format": CHECKPOINT_FORMAT, "config": t.cfg.to_dict(), "model": t.model.state_dict(),
+    return {"format": CHECKPOINT_FORMAT, "config": (t.recipe or t.cfg).to_dict(), "model": t.model.state_dict(),
             "optimizer": t.optimizer.state_dict(), **asdict(state)}
 
 
@@ -100,8 +103,10 @@ def check_names(cfg: Config) -> None:
 def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = None) -> Trainer:
     """Seed, load and check the data, build model, method and optimiser (no side effects).
     `pretrained=False` skips `model.pretrained` (a resumed run's weights come from last.pt);
-    `skip_log` (rank 0) lists unreadable image files."""
+    `skip_log` (rank 0) lists unreadable image files. The run trains with `effective_config(cfg)`
+    (train.budget, train.lr_scale)."""
     check_names(cfg)
+    recipe, cfg = cfg, effective_config(cfg)
     world, device_name = init_world(cfg.train.device)
     check_batch(cfg.train.batch_size, world)
     device = resolve_device(device_name)
@@ -129,5 +134,5 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
         train_set=create_image_set(data.train, cfg, data.mean, data.std, device, fmt, "train", skip_log),
         test_set=create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test", skip_log),
         step=world.step_module(model, cfg.train.sync_bn, device),
-        amp_dtype=autocast_dtype(cfg.train.precision, device),
+        amp_dtype=autocast_dtype(cfg.train.precision, device), recipe=recipe,
     )

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from bbn.budget import batch_line, budget_line
 from bbn.engine.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.engine.distributed import World, init_world
@@ -70,9 +71,18 @@ def _fit_fresh(t: Trainer, run: RunDir, progress: bool, log, said: str) -> dict[
     log(f"{said}{run.root}  ({len(t.data.train)} training images, "
         f"{t.data.train.num_classes} classes, {num_params(t.model):,} parameters, "
         f"device {t.device})")
+    log_recipe(t, log)
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
         return fit(t, TrainState(), run, progress, log, on_finish=report_run)
+
+
+def log_recipe(t: Trainer, log) -> None:
+    """Where the run departs from its recipe, one line each: the budget's schedule and a
+    global batch that is not the recipe's (never silent)."""
+    for line in (budget_line(t.recipe or t.cfg), batch_line(t.recipe or t.cfg)):
+        if line:
+            log(line)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -123,6 +133,7 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
             log = quiet_log
         where = state.position() if state.partial else f"after epoch {state.epoch}/{cfg.train.epochs}"
         log(f"resuming {run.root} {where}")
+        log_recipe(trainer, log)
         with stopped_run(run, fresh=False):
             return run, fit(trainer, state, run, progress, log, on_finish=report_run)
     finally:
