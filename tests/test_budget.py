@@ -229,3 +229,13 @@ def test_bbn_train_says_when_the_batch_is_not_the_recipes(tmp_path: Path, capsys
     assert [r["lr"] for r in read_metrics(RunDir(out).metrics)] == pytest.approx([0.1])
     saved = yaml.safe_load(RunDir(out).config.read_text())["train"]
     assert (saved["batch_size"], saved["recipe_batch_size"], saved["lr"], saved["lr_scale"]) == (64, 32, 0.05, "linear")
+
+
+def test_bbn_config_shows_the_effective_schedule(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "cifar10_ir100_ce_drw", "train.budget=0.1"]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text)["train"]["budget"] == 0.1
+    assert text.endswith("# effective schedule (derived from the keys above): epochs 20, warmup_epochs 1, "
+                         "milestones [13, 17], lr 0.1, defer_epoch 16\n")
+    assert main(["config", "cifar10_ir100_ce_drw"]) == 0
+    assert "#" not in capsys.readouterr().out  # the recipe itself: nothing to add

@@ -404,7 +404,8 @@ def check_schedule(cfg: Config, given: list[str], warn: Callable[[str], None] = 
         [f"the end of the {t.warmup_epochs}-epoch warm-up (train.warmup_epochs)"] if t.warmup_epochs > t.epochs else [])
     if missed:
         warn(f"train.epochs={t.epochs} ends the run before {' and '.join(missed)}: the shortened run keeps "
-             f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'}")
+             f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'} "
+             "(train.budget=FRACTION instead scales the whole schedule with the run)")
 
 
 def dump_config(cfg: Config) -> str:
