@@ -199,7 +199,9 @@ def test_bbn_train_digits_at_budget_0_05(tmp_path: Path, capsys: pytest.CaptureF
     assert ("# effective schedule (derived from the keys above): epochs 3, warmup_epochs 0, milestones [3, 3], "
             "lr 0.05, t_max 3\n") in text
     assert load_checkpoint(run.last)["config"]["train"]["budget"] == 0.05
-    assert json.loads(run.final.read_text())["epochs"] == 3
+    final = json.loads(run.final.read_text())
+    assert final["epochs"] == 3 and final["recipe_notes"][0].startswith("train.budget=0.05 scales")
+    assert f"- Recipe: {final['recipe_notes'][0]}" in (out / "report.md").read_text()
 
 
 def test_a_budget_run_resumes_to_the_same_result(tmp_path: Path) -> None:
@@ -227,6 +229,8 @@ def test_bbn_train_says_when_the_batch_is_not_the_recipes(tmp_path: Path, capsys
     assert stdout.count("global batch 64 differs from the recipe's 32") == 1
     assert "train.lr_scale=linear scales lr 0.05 by 64/32 to 0.1" in stdout
     assert [r["lr"] for r in read_metrics(RunDir(out).metrics)] == pytest.approx([0.1])
+    notes = json.loads(RunDir(out).final.read_text())["recipe_notes"]
+    assert len(notes) == 2 and notes[1].startswith("global batch 64 differs")
     saved = yaml.safe_load(RunDir(out).config.read_text())["train"]
     assert (saved["batch_size"], saved["recipe_batch_size"], saved["lr"], saved["lr_scale"]) == (64, 32, 0.05, "linear")
 

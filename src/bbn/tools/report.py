@@ -357,6 +357,7 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         f"- Imbalance ratio: {ratio if ratio is not None else 'n/a'} configured, "
         f"{observed} observed ({int(counts.max())} / {int(counts.min())} images)",
         f"- Epochs: {train.get('epochs', 'n/a')} configured, {len(history)} recorded",
+        *(f"- Recipe: {note}" for note in final.get("recipe_notes", [])),
         f"- Parameters: {int(final.get('num_params', 0)):,}",
         f"- Training time: {_duration(final.get('train_s', 0.0))}",
         "",

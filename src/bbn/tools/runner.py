@@ -29,6 +29,9 @@ def report_run(t: Trainer, state: TrainState, run: RunDir, final: dict[str, Any]
     """The finish hook of `bbn train`: add the classifier weight norms and, for BBN, each
     branch evaluated alone to final.json's content, then write report.md and its plots."""
     final["weight_norms"] = classifier_weight_norms(t.model)
+    notes = recipe_notes(t)
+    if notes:
+        final["recipe_notes"] = notes
     with t.autocast():
         branches = evaluate_branches(t.model, t.test_set, t.data.class_counts, t.cfg.train.eval_batch_size)
     if branches is not None:
@@ -77,12 +80,16 @@ def _fit_fresh(t: Trainer, run: RunDir, progress: bool, log, said: str) -> dict[
         return fit(t, TrainState(), run, progress, log, on_finish=report_run)
 
 
-def log_recipe(t: Trainer, log) -> None:
+def recipe_notes(t: Trainer) -> list[str]:
     """Where the run departs from its recipe, one line each: the budget's schedule and a
-    global batch that is not the recipe's (never silent)."""
-    for line in (budget_line(t.recipe or t.cfg), batch_line(t.recipe or t.cfg)):
-        if line:
-            log(line)
+    global batch that is not the recipe's."""
+    return [line for line in (budget_line(t.recipe or t.cfg), batch_line(t.recipe or t.cfg)) if line]
+
+
+def log_recipe(t: Trainer, log) -> None:
+    """Say `recipe_notes` at the start of a run (never silent)."""
+    for line in recipe_notes(t):
+        log(line)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
