@@ -123,7 +123,7 @@ def effective_config(cfg: Config) -> Config:
         method = method.model_copy(update={
             **({"defer_epoch": s.defer_epoch} if s.defer_epoch is not None else {}),
             **({"t_max": s.t_max} if s.t_max is not None else {})})
-    return cfg.model_copy(update={"train": train, "method": method})
+    return cfg.model_copy(deep=True).model_copy(update={"train": train, "method": method})
 
 
 def budget_line(cfg: Config) -> str | None:
