@@ -191,7 +191,8 @@ def test_a_budget_run_of_a_preset_warns_once_and_trains(tmp_path: Path, capsys: 
     assert [line for line in err.splitlines() if line.startswith("bbn:")] == [
         "bbn: warning: train.epochs=1 ends the run before the learning-rate step at epoch 40, 52 "
         "(train.milestones) and the end of the 5-epoch warm-up (train.warmup_epochs): the shortened run "
-        "keeps the schedule, so they never apply"]
+        "keeps the schedule, so they never apply (train.budget=FRACTION instead scales the whole schedule "
+        "with the run)"]
     assert (tmp_path / "run" / "final.json").is_file()
 
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from bbn.cli import main
-from bbn.config import Config, DataConfig, MethodConfig, build_config, dump_config, load_config, read_config, read_yaml
+from bbn.config import (Config, DataConfig, MethodConfig, TrainConfig, build_config, dump_config, load_config,
+                        read_config, read_yaml)
 from bbn.errors import BBNError
 from bbn.presets import PRESETS, deep_merge, preset_names, presets
 from cli_checks import assert_bad_input
@@ -21,7 +22,8 @@ from cli_checks import assert_bad_input
 RESOLVED = json.loads((Path(__file__).parent / "fixtures" / "presets_resolved.json").read_text())
 # Config keys added after a preset was recorded: its entry lacks them, and the preset must
 # hold their defaults.
-ADDED_KEYS = {"method": {key: MethodConfig.model_fields[key].default for key in ("la_tau", "sampler")},
+ADDED_KEYS = {"method": {key: MethodConfig.model_fields[key].default for key in ("la_tau", "sampler", "t_max")},
+              "train": {key: TrainConfig.model_fields[key].default for key in ("budget", "recipe_batch_size", "lr_scale")},
               "data": {"val_per_class": DataConfig.model_fields["val_per_class"].default}}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from bbn.cli import main
 from bbn.errors import BBNError
 from bbn.tools.paper import PAPER_TOP1_ERROR, paper_error
 from bbn.tools.reproduce import Job, expand_configs, parse_grid, plan, render, reproduce, summarize
+from bbn.engine import provenance
+from bbn.engine.provenance import source_commit
 from bbn.engine.runs import RunDir
 from bbn.tools.runner import start_run
 
@@ -102,14 +105,34 @@ def test_reproduce_runs_skips_and_resumes(tmp_path: Path, capsys: pytest.Capture
     rows = [json.loads(line) for line in stopped.metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     saved = json.loads((out / "results.json").read_text())
-    assert [r["top1"] for r in saved["rows"]["CE"]["cells"]["digits IR20"]["runs"]] == [f["top1"] for f in finals]
+    runs = saved["rows"]["CE"]["cells"]["digits IR20"]["runs"]
+    assert [r["top1"] for r in runs] == [f["top1"] for f in finals]
+    # every cell says its seed, the bbn commit (a git checkout here), the device and the times
+    commit = source_commit()
+    assert commit is not None and re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit)
+    assert [(r["seed"], r["commit"], r["device"]) for r in runs] == [(0, commit, "cpu"), (1, commit, "cpu")]
+    assert all(r["wall_s"] > 0 and r["train_s"] > 0 for r in runs)
+    assert all(f["commit"] == commit and f["device"] == "cpu" and f["processes"] == 1 for f in finals)
+    assert f"| CE | digits IR20 | 1 | {runs[1]['top1']:.2f} | {commit[:12]}" in (out / "results.md").read_text()
 
     stamp = (out / "digits_ce" / "seed0" / "final.json").stat().st_mtime_ns
     reproduce(["digits_ce"], 2, overrides, [], out, log=lambda line: None)
     assert (out / "digits_ce" / "seed0" / "final.json").stat().st_mtime_ns == stamp
+    again = json.loads((out / "results.json").read_text())["rows"]["CE"]["cells"]["digits IR20"]["runs"]
+    assert [r["wall_s"] for r in again] == [r["wall_s"] for r in runs]  # a reused run keeps its own wall time
 
     with pytest.raises(BBNError, match="was trained with train.epochs=2, not 3"):
         reproduce(["digits_ce"], 1, ["train.epochs=3", *QUICK[1:]], [], out, log=lambda line: None)
+
+
+def test_the_commit_is_none_without_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Never an error: no git program, or bbn outside a git checkout, gives no commit."""
+    with monkeypatch.context() as m:
+        m.setenv("PATH", str(tmp_path))  # no git on the PATH
+        assert source_commit() is None
+    monkeypatch.setattr(provenance, "__file__", str(tmp_path / "provenance.py"))  # not a checkout
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert source_commit() is None
 
 
 def test_reproduce_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

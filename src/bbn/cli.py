@@ -215,10 +215,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from bbn.engine.budget import schedule_comment
     from bbn.config import dump_config, load_config
 
     config, overrides = _split_args(args.items)
-    print(dump_config(load_config(config, overrides)), end="")
+    cfg = load_config(config, overrides)
+    print(dump_config(cfg) + schedule_comment(cfg), end="")
     return 0
 
 

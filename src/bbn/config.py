@@ -134,7 +134,9 @@ class MethodConfig(_Section):
     (Focal, CB-Focal), `cb_beta` (effective-number weights of CB-Focal and DRW),
     `defer_epoch` (DRW/DRS switch after this epoch; None = 80 % of the epochs, i.e. 160 of
     200), `ldam_max_margin` and `ldam_scale` (LDAM), `mixup_alpha` (the Beta(a, a) of the
-    Mixup family), `la_tau` (the logit-adjusted loss's tau, >= 0; 0 is plain CE).
+    Mixup family), `la_tau` (the logit-adjusted loss's tau, >= 0; 0 is plain CE), `t_max`
+    (cumulative learning's T_max in epochs; None = the reference's rule from train.epochs,
+    bbn.methods.cumulative.t_max).
     """
 
     name: str = "bbn"
@@ -148,6 +150,7 @@ class MethodConfig(_Section):
     ldam_scale: float = Field(30.0, gt=0.0)
     mixup_alpha: float = Field(1.0, gt=0.0)
     la_tau: float = Field(1.0, ge=0.0)
+    t_max: float | None = Field(None, gt=0.0)
 
 
 class TrainConfig(_Section):
@@ -159,6 +162,11 @@ class TrainConfig(_Section):
     `on_nonfinite`: a NaN or inf loss stops the run (`stop`, checked at every log point) or
     its step is skipped and counted (`skip`, checked at every step).
     `sync_bn`: under torchrun, BatchNorm statistics over the whole global batch (CUDA only).
+    `budget` (in (0, 1]) runs that fraction of the recipe with its whole schedule scaled
+    together (bbn.engine.budget). `recipe_batch_size` is the global batch the recipe's lr was set
+    for (None = train.batch_size; filled in with the preset's or file's batch when
+    train.batch_size is overridden); `lr_scale: linear` multiplies lr by
+    batch_size / recipe_batch_size (Goyal et al.), `none` keeps it and says so at start.
     """
 
     epochs: int = Field(200, ge=1, le=100_000)
@@ -184,6 +192,9 @@ class TrainConfig(_Section):
     channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False
+    budget: float = Field(1.0, gt=0.0, le=1.0)
+    recipe_batch_size: int | None = Field(None, ge=1)
+    lr_scale: Literal["none", "linear"] = "none"
 
     @field_validator("device")
     @classmethod
@@ -359,10 +370,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     the schedule must fit it (`check_schedule`; `warn` gets its warnings)."""
     tree, preset = read_config(path)
     cfg = build_config(tree, overrides)
+    note_recipe_batch(cfg, tree, overrides)
     given = given_keys(tree, preset, overrides)
     check_read(cfg, given)
     check_schedule(cfg, given, warn)
     return cfg
+
+
+def note_recipe_batch(cfg: Config, tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Record the recipe's global batch when an override changes `train.batch_size`: the
+    batch of the preset or file (`tree`) becomes `train.recipe_batch_size`, unless that is
+    given, so config.yaml keeps what the learning rate was set for."""
+    changed = any("train.batch_size" in override_keys(*parse_override(text)) for text in overrides)
+    base = (tree.get("train") or {}).get("batch_size", TrainConfig.model_fields["batch_size"].default) \
+        if isinstance(tree.get("train", {}), dict) else None
+    if changed and cfg.train.recipe_batch_size is None and isinstance(base, int) and not isinstance(base, bool) \
+            and base >= 1 and base != cfg.train.batch_size:
+        cfg.train.recipe_batch_size = base
 
 
 def check_schedule(cfg: Config, given: list[str], warn: Callable[[str], None] = warn_stderr) -> None:
@@ -386,7 +410,8 @@ def check_schedule(cfg: Config, given: list[str], warn: Callable[[str], None] = 
         [f"the end of the {t.warmup_epochs}-epoch warm-up (train.warmup_epochs)"] if t.warmup_epochs > t.epochs else [])
     if missed:
         warn(f"train.epochs={t.epochs} ends the run before {' and '.join(missed)}: the shortened run keeps "
-             f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'}")
+             f"the schedule, so {'they never apply' if len(missed) > 1 else 'it never applies'} "
+             "(train.budget=FRACTION instead scales the whole schedule with the run)")
 
 
 def dump_config(cfg: Config) -> str:

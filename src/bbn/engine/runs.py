@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from bbn.config import Config, build_config, read_yaml, save_config
+from bbn.config import Config, build_config, dump_config, read_yaml
 from bbn.errors import BBNError
 
 
@@ -179,9 +179,12 @@ def _exists(run: RunDir) -> BBNError:
 
 
 def write_config(run: RunDir, cfg: Config) -> None:
-    """config.yaml, written whole or not at all."""
+    """config.yaml, written whole or not at all; a closing comment gives the schedule the run
+    trains with when a budget or the batch makes it differ from the recipe (bbn.engine.budget)."""
+    from bbn.engine.budget import schedule_comment
+
     tmp = run.root / ".config.yaml.tmp"
-    save_config(cfg, tmp)
+    tmp.write_text(dump_config(cfg) + schedule_comment(cfg))
     os.replace(tmp, run.config)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bbn.engine.budget import effective_config
 from bbn.config import Config
 from bbn.data.loader import ImageSet, create_image_set
 from bbn.data.prepare import prepare_data
@@ -28,9 +29,11 @@ from bbn.models import create_model
 
 @dataclass(frozen=True)
 class Trainer:
-    """The fixed components of a run. `step` runs a method's step on the model (under
-    DistributedDataParallel when several processes train); `val_set` is the validation
-    split best.pt is chosen on (None: the test set, the reference's protocol)."""
+    """The fixed components of a run. `cfg` is what it trains with (bbn.engine.budget's effective
+    config), `recipe` the config asked for (config.yaml's, what checkpoints keep). `step`
+    runs a method's step on the model (under DistributedDataParallel when several processes
+    train); `val_set` is the validation split best.pt is chosen on (None: the test set, the
+    reference's protocol)."""
 
     cfg: Config
     device: torch.device
@@ -44,6 +47,7 @@ class Trainer:
     step: nn.Module
     amp_dtype: torch.dtype | None = None
     val_set: ImageSet | None = None
+    recipe: Config | None = None  # None: cfg is the recipe
 
     def autocast(self) -> ContextManager:
         """The precision context of forward passes (train.precision)."""
@@ -90,7 +94,7 @@ class TrainState:
 
 def checkpoint_of(t: Trainer, state: TrainState) -> dict[str, Any]:
     """The checkpoint's content: config, weights, optimiser and the whole TrainState."""
-    return {"format": CHECKPOINT_FORMAT, "config": t.cfg.to_dict(), "model": t.model.state_dict(),
+    return {"format": CHECKPOINT_FORMAT, "config": (t.recipe or t.cfg).to_dict(), "model": t.model.state_dict(),
             "optimizer": t.optimizer.state_dict(), **asdict(state)}
 
 
@@ -115,8 +119,10 @@ def check_names(cfg: Config) -> None:
 def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = None) -> Trainer:
     """Seed, load and check the data, build model, method and optimiser (no side effects).
     `pretrained=False` skips `model.pretrained` (a resumed run's weights come from last.pt);
-    `skip_log` (rank 0) lists unreadable image files."""
+    `skip_log` (rank 0) lists unreadable image files. The run trains with `effective_config(cfg)`
+    (train.budget, train.lr_scale)."""
     check_names(cfg)
+    recipe, cfg = cfg, effective_config(cfg)
     world, device_name = init_world(cfg.train.device)
     check_batch(cfg.train.batch_size, world)
     device = resolve_device(device_name)
@@ -146,5 +152,5 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
         val_set=None if data.val is None else create_image_set(data.val, cfg, data.mean, data.std, device, fmt,
                                                                "val", skip_log),
         step=world.step_module(model, cfg.train.sync_bn, device),
-        amp_dtype=autocast_dtype(cfg.train.precision, device),
+        amp_dtype=autocast_dtype(cfg.train.precision, device), recipe=recipe,
     )

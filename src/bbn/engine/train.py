@@ -23,6 +23,7 @@ from bbn.engine.metrics import SHOT_GROUPS
 from bbn.engine.keys import Draw, keyed_generator, keyed_seed, seed_global
 from bbn.engine.nonfinite import NonFiniteLoss, grads_finite
 from bbn.engine.optim import learning_rate, set_lr
+from bbn.engine.provenance import device_label, source_commit
 from bbn.engine.results import write_results
 from bbn.engine.runs import RunDir, write_metrics
 from bbn.engine.session import Trainer, TrainState, checkpoint_of
@@ -242,7 +243,8 @@ def finish(t: Trainer, state: TrainState, run: RunDir, on_finish: FinishHook | N
     final.update(best_top1=state.best_test_top1, best_epoch=state.best_epoch, selection=t.selection,
                  class_counts=t.data.class_counts, class_names=t.data.train.class_names,
                  num_params=num_params(t.model), train_s=state.train_s, epochs=state.epoch, seed=t.cfg.seed,
-                 versions=versions())
+                 versions=versions(), commit=source_commit(), device=device_label(t.device),
+                 processes=t.world.size)
     if t.data.val is not None:
         final.update(best_val_top1=state.best_top1, val_counts=t.data.val.class_counts())
     if on_finish is not None:

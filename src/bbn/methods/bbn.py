@@ -14,7 +14,7 @@ from bbn.models.bilateral import BilateralModel
 from bbn.samplers import REBALANCE_SAMPLERS, BBNPairSampler, Plan, UniformSampler
 
 
-@METHODS.register("bbn", reads={"method.adaptor", "method.rebalance_sampler"})
+@METHODS.register("bbn", reads={"method.adaptor", "method.rebalance_sampler", "method.t_max"})
 class BBN(Method):
     """Conventional branch on uniform samples, re-balancing branch on reversed samples,
     mixed by the cumulative-learning alpha."""
@@ -48,10 +48,11 @@ class BBN(Method):
     def logged(self, epoch: int) -> dict[str, float | None]:
         if is_stochastic(self.cfg.method.adaptor):
             return {"alpha": None}
-        return {"alpha": cumulative_alpha(self.cfg.method.adaptor, epoch, self.cfg.train.epochs, None)}
+        return {"alpha": cumulative_alpha(self.cfg.method.adaptor, epoch, self.cfg.train.epochs, None, self.cfg.method.t_max)}
 
     def step(self, model: BilateralModel, batch: Batch, ctx: StepContext) -> StepResult:
-        alpha = cumulative_alpha(self.cfg.method.adaptor, ctx.epoch, self.cfg.train.epochs, ctx.generator)
+        alpha = cumulative_alpha(self.cfg.method.adaptor, ctx.epoch, self.cfg.train.epochs, ctx.generator,
+                                 self.cfg.method.t_max)
         f_c = model.features(batch.x_c, "cb")  # uniform sampler
         f_r = model.features(batch.x_r, "rb")  # reversed sampler
         z = model.logits(f_c, f_r, alpha)

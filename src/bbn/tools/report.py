@@ -377,6 +377,7 @@ def write_report(run_dir: Path, final: dict, history: list[dict], config: dict) 
         f"{observed} observed ({int(counts.max())} / {int(counts.min())} images)",
         *_held_out_lines(final, counts),
         f"- Epochs: {train.get('epochs', 'n/a')} configured, {len(history)} recorded",
+        *(f"- Recipe: {note}" for note in final.get("recipe_notes", [])),
         f"- Parameters: {int(final.get('num_params', 0)):,}",
         f"- Training time: {_duration(final.get('train_s', 0.0))}",
         "",

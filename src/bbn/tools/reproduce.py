@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -116,9 +117,24 @@ def override_notes(jobs: list[Job], overrides: Sequence[str]) -> list[str]:
     return notes
 
 
+# Beside each run's final.json: the wall-clock seconds of the reproduce call that finished it.
+WALL_RECORD = "reproduce.json"
+
+
 def run_job(job: Job, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
-    """Run (or resume, or reuse) one job's folder; its final.json as a dict."""
-    return continue_run(job.build(), job.folder, progress=progress, log=log)[1]
+    """Run (or resume, or reuse) one job's folder; its final.json as a dict, with `wall_s`: the
+    wall-clock seconds of the call that finished the run (kept in RUN/reproduce.json, so a
+    reused run keeps its own; a resumed run counts its last part only)."""
+    record = job.folder / WALL_RECORD
+    start = time.perf_counter()
+    final = dict(continue_run(job.build(), job.folder, progress=progress, log=log)[1])
+    if final and not record.is_file():
+        write_json(record, {"wall_s": round(time.perf_counter() - start, 3)})
+    try:
+        final["wall_s"] = json.loads(record.read_text())["wall_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        final["wall_s"] = None
+    return final
 
 
 def _worker(job: Job, threads: int) -> dict[str, Any]:
@@ -180,7 +196,8 @@ def summarize(jobs: list[Job], finals: list[dict[str, Any]], notes: Sequence[str
         if not job.variant:
             cell["paper"] = paper_error(cfg.method.name, cfg.data.source, cfg.data.imbalance_ratio)
         cell["runs"].append({k: final.get(k) for k in ("top1", "error", "best_top1", "many", "medium", "few")}
-                            | {"seed": job.seed, "folder": str(job.folder)})
+                            | {"seed": job.seed, "folder": str(job.folder)}
+                            | {k: final.get(k) for k in ("commit", "device", "train_s", "wall_s")})
     order = list(METHOD_LABELS)  # the paper's row order; variants keep their planned order
     ranked = sorted(enumerate(rows.items()), key=lambda item: (
         order.index(item[1][1]["method"]) if item[1][1]["method"] in order else len(order), item[0]))
@@ -234,7 +251,22 @@ def render(summary: dict[str, Any], seeds: int, command: str) -> str:
     for group in ("many", "medium", "few"):
         out += ["", f"## {group.capitalize()}-shot accuracy % at the last epoch", "",
                 *_table(summary, lambda r, g=group: r[g], with_paper=False)]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + ["", *_provenance(summary)]) + "\n"
+
+
+def _provenance(summary: dict[str, Any]) -> list[str]:
+    """Every run of every cell: its seed, the bbn commit, the device and the times."""
+    lines = ["## Runs (seed, bbn commit, device, wall-clock and training seconds)", "",
+             "| method | column | seed | top-1 % | commit | device | wall s | train s |", "|---|---|---|---|---|---|---|---|"]
+    for label, row in summary["rows"].items():
+        for column, cell in row["cells"].items():
+            for r in cell["runs"]:
+                secs = [f"{r[k]:.0f}" if isinstance(r.get(k), (int, float)) else "n/a" for k in ("wall_s", "train_s")]
+                top1 = f"{r['top1']:.2f}" if r.get("top1") is not None else "n/a"
+                lines.append(f"| {label} | {column} | {r['seed']} | {top1} | {(r.get('commit') or 'n/a')[:12]}"
+                             f"{'+dirty' if str(r.get('commit')).endswith('+dirty') else ''} | "
+                             f"{r.get('device') or 'n/a'} | {secs[0]} | {secs[1]} |")
+    return lines
 
 
 def reproduce(patterns: Sequence[str], seeds: int, overrides: Sequence[str], grid: Sequence[str],

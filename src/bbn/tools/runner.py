@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from bbn.engine.budget import batch_line, budget_line
 from bbn.engine.checkpoint import RESUMABLE_FORMATS, load_checkpoint
 from bbn.config import Config, build_config, read_yaml
 from bbn.engine.distributed import World, init_world
@@ -28,6 +29,9 @@ def report_run(t: Trainer, state: TrainState, run: RunDir, final: dict[str, Any]
     """The finish hook of `bbn train`: add the classifier weight norms and, for BBN, each
     branch evaluated alone to final.json's content, then write report.md and its plots."""
     final["weight_norms"] = classifier_weight_norms(t.model)
+    notes = recipe_notes(t)
+    if notes:
+        final["recipe_notes"] = notes
     with t.autocast():
         branches = evaluate_branches(t.model, t.test_set, t.data.class_counts, t.cfg.train.eval_batch_size)
     if branches is not None:
@@ -70,9 +74,22 @@ def _fit_fresh(t: Trainer, run: RunDir, progress: bool, log, said: str) -> dict[
     log(f"{said}{run.root}  ({len(t.data.train)} training images, "
         f"{t.data.train.num_classes} classes, {num_params(t.model):,} parameters, "
         f"device {t.device})")
+    log_recipe(t, log)
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
         return fit(t, TrainState(), run, progress, log, on_finish=report_run)
+
+
+def recipe_notes(t: Trainer) -> list[str]:
+    """Where the run departs from its recipe, one line each: the budget's schedule and a
+    global batch that is not the recipe's."""
+    return [line for line in (budget_line(t.recipe or t.cfg), batch_line(t.recipe or t.cfg)) if line]
+
+
+def log_recipe(t: Trainer, log) -> None:
+    """Say `recipe_notes` at the start of a run (never silent)."""
+    for line in recipe_notes(t):
+        log(line)
 
 
 def continue_run(cfg: Config, out: str | Path, progress: bool = True,
@@ -123,6 +140,7 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
             log = quiet_log
         where = state.position() if state.partial else f"after epoch {state.epoch}/{cfg.train.epochs}"
         log(f"resuming {run.root} {where}")
+        log_recipe(trainer, log)
         with stopped_run(run, fresh=False):
             return run, fit(trainer, state, run, progress, log, on_finish=report_run)
     finally:
