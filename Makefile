@@ -2,6 +2,9 @@
 # contract (pyproject.toml [tool.importlinter]) and run the tests.
 PYTHON ?= python3
 VENV ?= .venv
+# Test processes: one per core (pytest-xdist); a test file stays in one process, so its
+# module fixtures (trained runs) are made once. WORKERS=0 runs everything in this process.
+WORKERS ?= auto
 BIN := $(VENV)/bin
 
 .PHONY: demo test install install-dev clean
@@ -25,7 +28,7 @@ demo: install
 
 test: install-dev
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

@@ -200,3 +200,24 @@ def test_a_budget_run_of_a_preset_warns_once_and_trains(tmp_path: Path, capsys: 
 def test_a_device_option_is_checked_like_train_device(command: list[str], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert_bad_input([*command, "--device", "meta"], capsys, "device 'meta' is not one bbn runs on", "cuda:N")
+
+
+def test_the_protocol_end_to_end_on_cifar_format_data(cifar_root: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Two seeds of a CIFAR-10-LT preset with a validation split and a budget, a tau sweep
+    chosen on the validation split, and one comparison table of both seeds."""
+    runs = [tmp_path / f"s{seed}" for seed in (0, 1)]
+    for seed, out in enumerate(runs):
+        code = main(["train", "cifar10_ir10_logit_adjusted", f"data.root={cifar_root}", "data.val_per_class=2",
+                     "train.budget=0.01", f"seed={seed}", *FAST, "--no-progress", "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+    final = json.loads((runs[0] / "final.json").read_text())
+    assert final["selection"] == "val" and final["val_counts"] == [2] * 10
+    assert final["class_counts"][0] == 98 and final["class_counts"][-1] == 8  # IR 10 from 100, 2 held out
+    assert len((runs[0] / "metrics.jsonl").read_text().splitlines()) == 2  # 1 % of 200 epochs
+    assert main(["eval", str(runs[0]), "--adjust", "logit:tau=sweep"]) == 0
+    swept = json.loads((runs[0] / "eval.json").read_text())["adjusted"]["logit:tau=sweep"]
+    assert swept["selection"] == "val" and swept["tau"] in [round(0.1 * i, 1) for i in range(21)]
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "2 seeds" in table and "val" in table
