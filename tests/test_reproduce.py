@@ -78,6 +78,15 @@ def test_summary_puts_the_paper_beside_ours(tmp_path: Path) -> None:
     assert "| BBN | 19.50 ± 0.71 (20.18) |  |" in text  # best epoch: errors 19 and 20
     few = text.split("## Few-shot")[1]
     assert "| BBN | 70.00 ± 0.00 |  |" in few  # a None group is left out of the mean
+    # the best-epoch table names the protocol: these finals predate `selection`, so the test set
+    assert "at the best epoch, chosen on the test set (selection: test" in text
+    finals[2]["selection"] = "val"
+    mixed = render(summarize(jobs, finals), 2, "bbn reproduce test")
+    assert "chosen per run on the test set or a validation split (selection: test/val" in mixed
+    assert "| CE | CIFAR-100 IR50 | 0 | 44.00 | val |" in mixed
+    finals[0]["selection"] = finals[1]["selection"] = "val"
+    assert "chosen on a validation split held out of the training set (selection: val)" in \
+        render(summarize(jobs, finals), 2, "bbn reproduce test")
 
 
 def test_reproduce_runs_skips_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +122,7 @@ def test_reproduce_runs_skips_and_resumes(tmp_path: Path, capsys: pytest.Capture
     assert [(r["seed"], r["commit"], r["device"]) for r in runs] == [(0, commit, "cpu"), (1, commit, "cpu")]
     assert all(r["wall_s"] > 0 and r["train_s"] > 0 for r in runs)
     assert all(f["commit"] == commit and f["device"] == "cpu" and f["processes"] == 1 for f in finals)
-    assert f"| CE | digits IR20 | 1 | {runs[1]['top1']:.2f} | {commit[:12]}" in (out / "results.md").read_text()
+    assert f"| CE | digits IR20 | 1 | {runs[1]['top1']:.2f} | test | {commit[:12]}" in (out / "results.md").read_text()
 
     stamp = (out / "digits_ce" / "seed0" / "final.json").stat().st_mtime_ns
     reproduce(["digits_ce"], 2, overrides, [], out, log=lambda line: None)

@@ -196,7 +196,8 @@ def summarize(jobs: list[Job], finals: list[dict[str, Any]], notes: Sequence[str
         if not job.variant:
             cell["paper"] = paper_error(cfg.method.name, cfg.data.source, cfg.data.imbalance_ratio)
         cell["runs"].append({k: final.get(k) for k in ("top1", "error", "best_top1", "many", "medium", "few")}
-                            | {"seed": job.seed, "folder": str(job.folder)}
+                            | {"seed": job.seed, "folder": str(job.folder),
+                               "selection": final.get("selection") or "test"}
                             | {k: final.get(k) for k in ("commit", "device", "train_s", "wall_s")})
     order = list(METHOD_LABELS)  # the paper's row order; variants keep their planned order
     ranked = sorted(enumerate(rows.items()), key=lambda item: (
@@ -231,6 +232,21 @@ def _best_error(r: dict[str, Any]) -> float | None:
     return None if r["best_top1"] is None else 100.0 - r["best_top1"]
 
 
+# How the best epoch was chosen (final.json `selection`; runs before it was recorded: test).
+SELECTED_ON = {"test": "chosen on the test set (selection: test, the reference's protocol)",
+               "val": "chosen on a validation split held out of the training set (selection: val)"}
+
+
+def selected_on(summary: dict[str, Any]) -> str:
+    """The best-epoch table's protocol, from every run of the summary."""
+    found = {r["selection"] for row in summary["rows"].values() for cell in row["cells"].values()
+             for r in cell["runs"]}
+    if len(found) == 1:
+        return SELECTED_ON.get(found.pop(), "chosen per run")
+    return "chosen per run on the test set or a validation split (selection: " + "/".join(sorted(found)) + \
+        "; see the runs table)"
+
+
 def render(summary: dict[str, Any], seeds: int, command: str) -> str:
     """The Markdown report: errors beside the paper's, best-epoch errors, shot groups."""
     out = [
@@ -244,7 +260,7 @@ def render(summary: dict[str, Any], seeds: int, command: str) -> str:
         "",
         *_table(summary, _error, with_paper=True),
         "",
-        "## Top-1 error % at the best epoch (the reference reports this one)",
+        f"## Top-1 error % at the best epoch, {selected_on(summary)} (the reference reports this one)",
         "",
         *_table(summary, _best_error, with_paper=True),
     ]
@@ -256,14 +272,16 @@ def render(summary: dict[str, Any], seeds: int, command: str) -> str:
 
 def _provenance(summary: dict[str, Any]) -> list[str]:
     """Every run of every cell: its seed, the bbn commit, the device and the times."""
-    lines = ["## Runs (seed, bbn commit, device, wall-clock and training seconds)", "",
-             "| method | column | seed | top-1 % | commit | device | wall s | train s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["## Runs (seed, the split the best epoch was chosen on, bbn commit, device, wall-clock and training seconds)", "",
+             "| method | column | seed | top-1 % | selection | commit | device | wall s | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, row in summary["rows"].items():
         for column, cell in row["cells"].items():
             for r in cell["runs"]:
                 secs = [f"{r[k]:.0f}" if isinstance(r.get(k), (int, float)) else "n/a" for k in ("wall_s", "train_s")]
                 top1 = f"{r['top1']:.2f}" if r.get("top1") is not None else "n/a"
-                lines.append(f"| {label} | {column} | {r['seed']} | {top1} | {(r.get('commit') or 'n/a')[:12]}"
+                lines.append(f"| {label} | {column} | {r['seed']} | {top1} | {r.get('selection', 'test')} | "
+                             f"{(r.get('commit') or 'n/a')[:12]}"
                              f"{'+dirty' if str(r.get('commit')).endswith('+dirty') else ''} | "
                              f"{r.get('device') or 'n/a'} | {secs[0]} | {secs[1]} |")
     return lines
