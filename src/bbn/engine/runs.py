@@ -88,11 +88,12 @@ EXECUTION_KEYS = frozenset({"train.threads", "train.tensorboard", "train.log_eve
                             "data.workers"})
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested config dict: {"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
@@ -100,7 +101,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _first_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first key (execution-only keys aside) whose values differ: (key, saved, wanted)."""
-    saved, wanted = _flatten(saved), _flatten(wanted)
+    saved, wanted = flatten(saved), flatten(wanted)
     for key in wanted:
         if key not in EXECUTION_KEYS and saved.get(key) != wanted[key]:
             return key, saved.get(key), wanted[key]

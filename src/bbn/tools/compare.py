@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bbn.config import build_config, read_yaml
 from bbn.engine.metrics import SHOT_GROUPS, shot_group
-from bbn.engine.runs import EXECUTION_KEYS, RunDir, _flatten, read_metrics
+from bbn.engine.runs import EXECUTION_KEYS, RunDir, flatten, read_metrics
 from bbn.errors import BBNError, first_line
 from bbn.tools.analysis import head_to_tail
 from bbn.tools.figures import save_png, write_text_file
@@ -59,7 +59,7 @@ class Run:
 
     def group_key(self) -> str:
         """The config without `seed` and the keys that change how, not what, a run learns."""
-        flat = _flatten(self.config)
+        flat = flatten(self.config)
         return json.dumps({k: v for k, v in sorted(flat.items()) if k != "seed" and k not in EXECUTION_KEYS})
 
 
