@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from bbn.engine.metrics import classification_metrics, summary_lines
 from bbn.errors import BBNError, quote
+from bbn.losses import log_class_prior
 from bbn.models import BilateralModel
 from bbn.registry import Registry
 
@@ -102,8 +103,7 @@ def logit_adjusted(logits: torch.Tensor, class_counts: Sequence[int], tau: float
         empty = int(torch.nonzero(counts <= 0)[0, 0])
         raise BBNError(f"class {empty} has no training images, so its prior is 0 and logit adjustment "
                        "is undefined; use --adjust tau_norm")
-    log_prior = (counts / counts.sum()).log().to(device=logits.device, dtype=torch.float32)
-    return logits.float() - tau * log_prior
+    return logits.float() - tau * log_class_prior(counts).to(logits.device)
 
 
 # An adjustment maps (one split's outputs, basis, tau) -> adjusted logits.
