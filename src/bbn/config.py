@@ -119,11 +119,15 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The network (`bbn.models.MODELS`); `pretrained`: a torchvision ResNet-50 state dict
-    file that initialises the trunk of resnet50 / bbn_resnet50 (None = random init)."""
+    """The network (`bbn.models.MODELS`): a registered name or `[bbn_]timm/ARCH`,
+    `[bbn_]torchvision/ARCH`. `pretrained`: a state dict file (torch or safetensors) of the
+    backbone's weights (for resnet50 / bbn_resnet50, torchvision's ResNet-50) that initialises
+    all but the classifier (None = random init); `options`: keyword arguments of a timm or
+    torchvision constructor (`{depth: 2, img_size: 32}`)."""
 
     name: str = "bbn_resnet32"
     pretrained: str | None = None
+    options: dict[str, int | float | str | bool] = Field(default_factory=dict)
 
 
 class MethodConfig(_Section):

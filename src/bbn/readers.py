@@ -37,7 +37,12 @@ class Kind:
 
     def readers(self, key: str) -> list[str]:
         """The names that read `key`, sorted (registration order follows import order)."""
-        return sorted(name for name in self.registry.names() if key in self.registry.reads(name))
+        return sorted(name for name in self.registry.names() if reads_key(self.registry.reads(name), key))
+
+
+def reads_key(reads: frozenset[str], key: str) -> bool:
+    """Whether `key` is one of `reads` or inside one (model.options.depth is in model.options)."""
+    return any(key == r or key.startswith(r + ".") for r in reads)
 
 
 def kinds(cfg: Config) -> list[Kind]:
@@ -77,9 +82,8 @@ def unread_reason(cfg: Config, key: str) -> str | None:
     if always_read(key):
         return None
     found = [(kind, kind.readers(key)) for kind in kinds(cfg)]
-    for kind, names in found:
-        if kind.chosen in names:
-            return None
+    if any(reads_key(kind.registry.reads(kind.chosen), key) for kind, _ in found):
+        return None
     kind, names = next(((k, n) for k, n in found if n), (None, []))
     if kind is None:
         return f"{key} is read by no data source, model or method; drop it"

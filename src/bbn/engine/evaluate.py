@@ -17,7 +17,7 @@ from bbn.data.prepare import prepare_data
 from bbn.data.sources import Splits
 from bbn.errors import BBNError
 from bbn.engine.metrics import classification_metrics
-from bbn.models import create_model
+from bbn.models import build_model
 from bbn.engine.runs import RunDir
 
 
@@ -90,7 +90,7 @@ def load_run(target: str | Path, device: torch.device | None = None) -> LoadedRu
         raise BBNError(f"checkpoint '{ckpt_path}' holds an invalid config ({err}); use a checkpoint written "
                        "by bbn train") from None
     data = prepare_data(cfg)
-    model = create_model(cfg.model.name, data.train.num_classes, data.train.channels)
+    model = build_model(cfg, data.train.num_classes, data.train.channels, pretrained=False)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:

@@ -24,7 +24,7 @@ from bbn.engine.distributed import World, check_batch, init_world
 from bbn.engine.optim import build_optimizer
 from bbn.engine.speed import autocast, autocast_dtype, compile_model, memory_format
 from bbn.methods import METHODS, Method
-from bbn.models import create_model
+from bbn.models import build_model
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,7 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
-    model = create_model(cfg.model.name, data.train.num_classes, data.train.channels,
-                         pretrained=cfg.model.pretrained if pretrained else None)
+    model = build_model(cfg, data.train.num_classes, data.train.channels, pretrained)
     method = METHODS.get(cfg.method.name)(cfg, data.train.labels, data.train.num_classes)
     method.check_model(model)
     fmt = memory_format(cfg.train.channels_last)

@@ -7,14 +7,39 @@ mixing; `forward(x)` is inference (alpha = 0.5, the same image through both bran
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from bbn.models.branches import BRANCHES
 
 
+class TrunkAndBlocks:
+    """The branch features of a backbone that offers `trunk(x)`, `cb_block` and `rb_block`
+    (ResNet-32, ResNet-50): block, then global average pooling."""
+
+    trunk: Callable[[torch.Tensor], torch.Tensor]
+    cb_block: nn.Module
+    rb_block: nn.Module
+
+    def branch_features(self, x: torch.Tensor, branch: str) -> torch.Tensor:
+        if branch == "cb":
+            block = self.cb_block
+        elif branch == "rb":
+            block = self.rb_block
+        else:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        return block(self.trunk(x)).mean(dim=(2, 3))
+
+    def both_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shared = self.trunk(x)
+        return self.cb_block(shared).mean(dim=(2, 3)), self.rb_block(shared).mean(dim=(2, 3))
+
+
 class BilateralModel(nn.Module):
-    """`backbone` must offer `trunk(x)`, `cb_block` and `rb_block`; `classifier` is the
+    """`backbone` offers `branch_features(x, branch)` and `both_features(x)` (TrunkAndBlocks,
+    or bbn.models.backbones.Branched for any timm / torchvision network); `classifier` is the
     single Linear(2D, C) whose first D input columns are W_c and last D are W_r."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
@@ -23,23 +48,13 @@ class BilateralModel(nn.Module):
         self.feature_dim = feature_dim
         self.classifier = nn.Linear(2 * feature_dim, num_classes)
 
-    def _block(self, branch: str) -> nn.Module:
-        if branch == "cb":
-            return self.backbone.cb_block
-        if branch == "rb":
-            return self.backbone.rb_block
-        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-
     def features(self, x: torch.Tensor, branch: str) -> torch.Tensor:
-        """f_c (branch='cb', the conventional branch) or f_r ('rb', re-balancing): trunk, branch block, GAP."""
-        return self._block(branch)(self.backbone.trunk(x)).mean(dim=(2, 3))
+        """f_c (branch='cb', the conventional branch) or f_r ('rb', re-balancing): trunk, branch block, pooling."""
+        return self.backbone.branch_features(x, branch)
 
     def features_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f_c and f_r of the SAME images, sharing one trunk pass (inference)."""
-        shared = self.backbone.trunk(x)
-        return (self.backbone.cb_block(shared).mean(dim=(2, 3)),
-                self.backbone.rb_block(shared).mean(dim=(2, 3)))
-
+        return self.backbone.both_features(x)
     def logits(self, f_c: torch.Tensor, f_r: torch.Tensor, alpha: float) -> torch.Tensor:
         """z = 2*alpha*W_c f_c + 2*(1-alpha)*W_r f_r + b: the classifier applied to
         2 * cat(alpha f_c, (1 - alpha) f_r) (SPEC §2; the factor 2 keeps training and

@@ -24,7 +24,7 @@ import torch.nn as nn
 from torchvision.models.resnet import Bottleneck
 
 from bbn.errors import BBNError, first_line
-from bbn.models.bilateral import BilateralModel
+from bbn.models.bilateral import BilateralModel, TrunkAndBlocks
 from bbn.models.registry import MODELS
 
 EXPANSION = Bottleneck.expansion  # 4
@@ -45,7 +45,7 @@ def _stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-class ResNet50Backbone(nn.Module):
+class ResNet50Backbone(TrunkAndBlocks, nn.Module):
     """Stem and layer1..layer4 (layer4 with `layer4_blocks` blocks); for the BBN variant
     (`branch_blocks=True`) also `cb_block` and `rb_block`."""
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bbn.models.bilateral import BilateralModel
+from bbn.models.bilateral import BilateralModel, TrunkAndBlocks
 from bbn.models.registry import MODELS
 
 
@@ -147,7 +147,7 @@ class CosineResNet32(ResNet32):
         self.classifier = NormedLinear(self.feature_dim, num_classes)
 
 
-class BBNResNet32Backbone(CifarStem):
+class BBNResNet32Backbone(TrunkAndBlocks, CifarStem):
     """Shared trunk (stage 3 with 4 blocks) plus one last BasicBlock per branch."""
 
     def __init__(self, in_channels: int = 3) -> None:

@@ -110,13 +110,15 @@ def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> n
     state = payload["model"]
     try:
         num_classes = int(state["classifier.weight"].shape[0])
-        channels = int(state["backbone.conv1.weight"].shape[1])
-    except (KeyError, TypeError, AttributeError, IndexError):
+        # The input channels: the stem's, the first 4-D weight of the backbone (conv1, a patch embedding).
+        channels = int(next(v for k, v in state.items() if k.startswith("backbone.")
+                            and isinstance(v, torch.Tensor) and v.dim() == 4).shape[1])
+    except (KeyError, TypeError, AttributeError, IndexError, StopIteration):
         raise BBNError(f"checkpoint '{path}' holds no bbn network (no classifier.weight / "
-                       "backbone.conv1.weight); use a checkpoint written by bbn train or bbn import-reference") from None
+                       "backbone convolution); use a checkpoint written by bbn train or bbn import-reference") from None
     check_stored({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, f"checkpoint '{path}'")
     check_num_classes(num_classes, f"checkpoint '{path}'")
-    model = create_model(cfg.model.name, num_classes, channels)
+    model = create_model(cfg.model.name, num_classes, channels, options=cfg.model.options)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
