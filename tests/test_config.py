@@ -248,7 +248,7 @@ def test_unknown_preset_suggests_the_closest() -> None:
     ("digits_bbn", "method.focal_gamma=2", ("method.focal_gamma is read by methods cb_focal, focal", "not by method 'bbn'",
                                             "method.name=NAME")),
     ("digits_bbn", "data.strict=true", ("data.strict is read by sources", "not by source 'digits'")),
-    ("digits_ce", "model.pretrained=w.pt", ("model.pretrained is read by models bbn_resnet50, resnet50",
+    ("digits_ce", "model.pretrained=w.pt", ("model.pretrained is read by models bbn_resnet50, bbn_timm/...", "resnet50, timm/..., torchvision/...",
                                             "not by model 'resnet32'")),
     ("digits_ce", "method={name: ce, cb_beta: 0.5}", ("method.cb_beta is read by methods", "not by method 'ce'")),
     ("image_folder_bbn", "augment.crop_padding=2", ("augment.crop_padding is read by sources",

@@ -24,7 +24,8 @@ RESOLVED = json.loads((Path(__file__).parent / "fixtures" / "presets_resolved.js
 # hold their defaults.
 ADDED_KEYS = {"method": {key: MethodConfig.model_fields[key].default for key in ("la_tau", "sampler", "t_max")},
               "train": {key: TrainConfig.model_fields[key].default for key in ("budget", "recipe_batch_size", "lr_scale")},
-              "data": {"val_per_class": DataConfig.model_fields["val_per_class"].default}}
+              "data": {"val_per_class": DataConfig.model_fields["val_per_class"].default},
+              "model": {"options": {}}}
 
 
 def recorded(name: str) -> dict:
