@@ -560,7 +560,7 @@ CASES: list[Case] = [
     Case("config-unread-key-file", "config", "a key in the user's YAML that the run does not read",
          "drop it or choose a model that reads it",
          config_file("model:\n  name: resnet32\n  pretrained: weights.pt\nmethod:\n  name: ce\n"),
-         ("model.pretrained is read by models bbn_resnet50, resnet50, not by model 'resnet32'",)),
+         ("model.pretrained is read by models bbn_resnet50, bbn_timm/..., bbn_torchvision/..., resnet50, timm/..., torchvision/..., not by model 'resnet32'",)),
     Case("config-bool-number", "config", "true/false given for a number", "give a number",
          train_digits("train.epochs=true"), ("train.epochs", "true/false is not a number")),
     Case("config-duplicate-key", "config", "a key repeated in a YAML mapping", "keep one of them",

@@ -14,8 +14,8 @@ exponential profile with imbalance ratio 10, 283 labels):
   augmentation): the loss, the shown accuracy, alpha (BBN) or lambda and the mixed layer k
   (Mixup family), and per parameter the gradient's L2 norm and sum.
 
-Integer draws are compared exactly; floats with rtol 1e-4, atol 1e-6 (CPUs with other
-vector units round differently). A refactor that keeps behaviour changes only the thin
+Integer draws are compared exactly; floats with rtol 1e-4, atol 1e-6, a gradient's sum with
+atol 1e-4 x its norm (CPUs with other vector units round differently). A refactor that keeps behaviour changes only the thin
 calling code below (`make_method`, `draw_streams`, `run_step` and the spies of
 `step_record`), never the fixture.
 
@@ -46,6 +46,10 @@ from bbn.samplers import REBALANCE_SAMPLERS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_v1.json"
 RTOL, ATOL = 1e-4, 1e-6
+# Manifold Mixup with two samplers mixes the hidden states of two batches through train-mode
+# BatchNorm on 8x8 maps, which amplifies rounding: its gradients differ by up to 0.5 % between
+# an AVX2 and an AVX512 host (measured 2026-12-02), far below what a changed formula moves.
+STEP_RTOL = {"manifold_mixup_two": 1e-2}
 NUM_CLASSES, N_MAX, IMBALANCE = 10, 70, 10
 EPOCHS, BATCH = 5, 16
 STREAM_EPOCHS = (4, 5)
@@ -221,8 +225,14 @@ def test_method_streams_unchanged(name: str) -> None:
     assert stream_record(name) == load()["streams"][name]
 
 
-def close(got: float, want: float) -> bool:
-    return math.isclose(got, want, rel_tol=RTOL, abs_tol=ATOL)
+def close(got: float, want: float, rtol: float = RTOL) -> bool:
+    return math.isclose(got, want, rel_tol=rtol, abs_tol=ATOL)
+
+
+def sum_close(got: float, want: float, norm: float, rtol: float = RTOL) -> bool:
+    """A gradient's sum cancels (a softmax gradient sums to ~0 over the classes), so its
+    rounding error scales with the gradient's size, not the sum's: tolerance RTOL x the L2 norm."""
+    return math.isclose(got, want, rel_tol=rtol, abs_tol=max(ATOL, rtol * norm))
 
 
 @pytest.mark.parametrize("name", stepped())
@@ -237,8 +247,9 @@ def test_method_step_unchanged(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     for g, w in zip(got.get("lambda", []), want.get("lambda", [])):
         assert close(g, w), f"lambda: {g} != {w}"
     assert set(got["grads"]) == set(want["grads"])
+    rtol = STEP_RTOL.get(name, RTOL)
     bad = [f"{p}: {g} != {w}" for p, (g, w) in ((p, (got["grads"][p], want["grads"][p])) for p in want["grads"])
-           if not (close(g[0], w[0]) and close(g[1], w[1]))]
+           if not (close(g[0], w[0], rtol) and sum_close(g[1], w[1], w[0], rtol))]
     assert not bad, "gradients changed:\n" + "\n".join(bad[:10])
 
 
