@@ -104,15 +104,20 @@ class Predictor:
         return torch.softmax(self.logit_scale * self.model(x.to(device)).float(), dim=1).cpu()
 
 
+def input_channels(state: dict[str, Any]) -> int:
+    """The input channels of a bbn network's state dict: those of the first 4-D weight of its
+    backbone (the stem's conv1, a patch embedding); StopIteration when it has none."""
+    return int(next(v for k, v in state.items() if k.startswith("backbone.")
+                    and isinstance(v, torch.Tensor) and v.dim() == 4).shape[1])
+
+
 def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> nn.Module:
     """The checkpoint's network, sized by its own weights (classes, input channels), in eval mode;
     weights that declare more values than the file stores, or no class, are refused first."""
     state = payload["model"]
     try:
         num_classes = int(state["classifier.weight"].shape[0])
-        # The input channels: the stem's, the first 4-D weight of the backbone (conv1, a patch embedding).
-        channels = int(next(v for k, v in state.items() if k.startswith("backbone.")
-                            and isinstance(v, torch.Tensor) and v.dim() == 4).shape[1])
+        channels = input_channels(state)
     except (KeyError, TypeError, AttributeError, IndexError, StopIteration):
         raise BBNError(f"checkpoint '{path}' holds no bbn network (no classifier.weight / "
                        "backbone convolution); use a checkpoint written by bbn train or bbn import-reference") from None
@@ -154,7 +159,7 @@ def load_predictor(target: str | Path, device: torch.device | None = None) -> Pr
     cfg = build_config(payload["config"])
     model = model_from_checkpoint(payload, cfg, path)
     num_classes = model.classifier.weight.shape[0]
-    channels = model.backbone.conv1.weight.shape[1]
+    channels = input_channels(model.state_dict())
     names = payload.get("class_names")
     if "input" in payload:
         spec = InputSpec.from_dict(payload["input"], str(path))
