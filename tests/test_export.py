@@ -1,5 +1,6 @@
-"""`bbn export`: TorchScript and ONNX files whose logits match the eager model's, with the
-class names and input shape inside; bad requests fail before anything is written."""
+"""`bbn export`: ONNX (dynamo exporter, TorchScript-based fallback) and legacy TorchScript
+files whose logits match the eager model's, with the class names and input description
+inside; bad requests fail before anything is written."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bbn.tools.predict import InputSpec
 from cli_checks import assert_bad_input
 
 PARITY = 1e-4
+SPEC = InputSpec(3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), resize=36)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +38,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
         scale = float(model(torch.randn(16, 3, 32, 32)).std())
         model.classifier.weight.div_(scale / 3)
         model.classifier.bias.zero_()
-    spec = InputSpec(3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
     path = tmp_path_factory.mktemp("export") / "model.pt"
     save_checkpoint({"format": CHECKPOINT_FORMAT, "config": build_config({}).to_dict(), "model": model.state_dict(),
-                     "input": spec.to_dict(), "class_names": [f"c{i}" for i in range(10)]}, path)
+                     "input": SPEC.to_dict(), "class_names": [f"c{i}" for i in range(10)]}, path)
     return path, model
 
 
@@ -63,6 +64,8 @@ def test_torchscript_matches_the_eager_model(checkpoint: tuple[Path, torch.nn.Mo
     assert float((scripted - eager).abs().max()) < PARITY
     meta = json.loads(extra["bbn.json"])
     assert meta["class_names"][3] == "c3" and meta["input_shape"] == [3, 32, 32]
+    assert meta["input"] == SPEC.to_dict() and (meta["format"], meta["version"]) == ("bbn-export", 1)
+    assert meta["exporter"] == "torch.jit.trace"
 
 
 def test_onnx_matches_the_eager_model(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
@@ -78,8 +81,49 @@ def test_onnx_matches_the_eager_model(checkpoint: tuple[Path, torch.nn.Module], 
         eager = model(x).numpy()
     assert logits.shape == (4, 10)
     assert float(np.abs(logits - eager).max()) < PARITY
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert json.loads(meta["bbn"])["model"] == "bbn_resnet32"
+    graph = onnx.load(str(out))
+    meta = json.loads({p.key: p.value for p in graph.metadata_props}["bbn"])
+    assert meta["model"] == "bbn_resnet32" and meta["exporter"] == "dynamo" and meta["input"] == SPEC.to_dict()
+    assert meta["class_names"] == [f"c{i}" for i in range(10)] and meta["logit_scale"] == 1.0
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free batch dimension
+
+
+def test_onnx_falls_back_to_the_torchscript_based_exporter(
+        checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network the dynamo exporter cannot trace is written by the TorchScript-based one; the
+    metadata and the command's output say so."""
+    onnx = pytest.importorskip("onnx")
+    import bbn.tools.export
+
+    path, model = checkpoint
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("data-dependent control flow in forward\nmore detail")
+    monkeypatch.setattr(bbn.tools.export, "_dynamo_onnx", refuse)
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "torchscript exporter" in captured.out
+    assert captured.err.strip().splitlines() == [
+        "bbn: warning: the dynamo ONNX exporter failed for this network (data-dependent control flow in forward); "
+        "the TorchScript-based exporter wrote the file"]
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["bbn"])
+    assert meta["exporter"] == "torchscript" and meta["fallback_reason"] == "data-dependent control flow in forward"
+    from bbn.tools.predict import load_predictor
+
+    x = random_inputs(3)
+    with torch.no_grad():
+        eager = model(x)
+    assert float((load_predictor(out).graph(x) - eager).abs().max()) < PARITY
+
+
+def test_help_marks_torchscript_as_legacy(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "TorchScript is a legacy format" in text and "torchscript: legacy" in text
+    assert "{onnx,safetensors,torchscript}" in text
 
 
 def test_bad_exports_write_nothing(checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path,
@@ -148,23 +192,31 @@ def test_export_never_replaces_a_runs_files_a_checkpoint_or_its_input(
 def test_commands_given_an_exported_model_say_what_it_is(
         checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Not "corrupt, start the run again" with torch's text cut mid-word: the file is an export,
-    and predict wants the run or checkpoint it came from."""
+    and the commands that need a checkpoint want the run or checkpoint it came from; predict
+    runs the export itself, with the checkpoint's answer."""
     from PIL import Image
 
     path, _ = checkpoint
     image = tmp_path / "a.png"
-    Image.new("RGB", (32, 32)).save(image)
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(image)
+    assert main(["predict", str(path), str(image), "--topk", "3", "--out", str(tmp_path / "ckpt.json")]) == 0
+    expected = json.loads((tmp_path / "ckpt.json").read_text())["predictions"][0]["top"]
     for fmt, name, kind in (("torchscript", "m.ts", "TorchScript"), ("onnx", "m.onnx", "ONNX")):
         out = tmp_path / name
         assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+        assert main(["predict", str(out), str(image), "--topk", "3", "--out", str(tmp_path / f"{fmt}.json")]) == 0
+        doc = json.loads((tmp_path / f"{fmt}.json").read_text())
+        top = doc["predictions"][0]["top"]
+        assert doc["model"] == "bbn_resnet32" and [t["name"] for t in top] == [t["name"] for t in expected]
+        assert [t["probability"] for t in top] == pytest.approx([t["probability"] for t in expected], abs=1e-5)
         capsys.readouterr()
-        line = assert_bad_input(["predict", str(out), str(image)], capsys, name, f"is an exported {kind} model",
-                                "not a bbn checkpoint", "run folder")
-        assert "corrupt" not in line and "start the run again" not in line
         assert_bad_input(["export", str(out), "--format", "torchscript", "--out", str(tmp_path / "again.ts")], capsys,
                          f"is an exported {kind} model")
         # every command that loads a checkpoint says the same (the check lives in load_checkpoint)
-        assert_bad_input(["eval", str(out)], capsys, f"is an exported {kind} model", "not a bbn checkpoint")
+        line = assert_bad_input(["eval", str(out)], capsys, name, f"is an exported {kind} model",
+                                "not a bbn checkpoint", "run folder")
+        assert "corrupt" not in line and "start the run again" not in line
         assert_bad_input(["analyze", "weight-norms", str(out), "--out", str(tmp_path / "norms.png")], capsys,
                          f"is an exported {kind} model")
     assert not (tmp_path / "again.ts").exists()

@@ -134,8 +134,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from bbn.tools.export import export_model
 
     info = export_model(args.target, args.format, args.out)
-    print(f"written: {info['out']} ({info['format']}, input {tuple(info['input_shape'])} with any batch size; "
-          f"max |logit difference| to the checkpoint {info['max_abs_diff']:.2g})")
+    kind = {"onnx": f"onnx, {info.get('exporter')} exporter", "torchscript": "torchscript, legacy format",
+            "safetensors": f"safetensors release file, weights and config, {info.get('size', 0) / 1e6:.2g} MB"}
+    if info.get("fallback_reason"):
+        print(f"bbn: warning: the dynamo ONNX exporter failed for this network ({info['fallback_reason']}); "
+              "the TorchScript-based exporter wrote the file", file=sys.stderr)
+    print(f"written: {info['out']} ({kind.get(info['format'], info['format'])}; input {tuple(info['input_shape'])} "
+          f"with any batch size; max |logit difference| to the checkpoint {info['max_abs_diff']:.2g})")
     return 0
 
 
@@ -319,17 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, metavar="C", help="check the classifier has C classes")
     p.add_argument("--class-names", metavar="FILE", help="text file, one class name per line (for bbn predict)")
     p.set_defaults(func=cmd_import_reference)
-    p = sub.add_parser("predict", help="top-k classes of image files from a run folder or checkpoint")
-    p.add_argument("target", metavar="CHECKPOINT_OR_RUN")
+    p = sub.add_parser("predict", help="top-k classes of image files from a run folder, checkpoint or exported file")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RUN_OR_EXPORT",
+                   help="a run folder, a checkpoint, or a file bbn export wrote (.onnx, .safetensors, TorchScript)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="write the predictions there (default: a table)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("export", help="a run's or checkpoint's network as TorchScript or ONNX (parity-checked)")
+    p = sub.add_parser("export", help="a run's or checkpoint's network as ONNX, a safetensors release file or "
+                                      "(legacy) TorchScript, parity-checked",
+                       description="Write a run's or checkpoint's network with its class names and input "
+                                   "description inside, checked against the checkpoint's logits. TorchScript is "
+                                   "a legacy format (torch.jit is deprecated): prefer onnx.")
     p.add_argument("target", metavar="CHECKPOINT_OR_RUN")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.pt / .onnx)")
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors", "torchscript"],
+                   help="onnx: the graph (dynamo exporter); safetensors: a weights-only release file (weights, "
+                        "config, class names, input description) that bbn predict and bbn eval read; "
+                        "torchscript: legacy, still written")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.onnx / .safetensors / .ts)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("analyze", help="the paper's analyses of trained runs")
     analyses = p.add_subparsers(dest="analysis", required=True)

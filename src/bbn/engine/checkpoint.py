@@ -26,6 +26,7 @@ import torch
 
 from bbn.errors import BBNError, first_line
 from bbn.engine.faults import fault_point
+from bbn.engine.release import SUFFIX as RELEASE_SUFFIX, is_safetensors, read_release
 from bbn.engine.runs import write_atomically
 
 FILE_FORMAT = 2  # 1: the bare state dict (no checksum), still readable
@@ -175,7 +176,8 @@ def exported_format(path: Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
-    """A checkpoint written by `save_checkpoint`, loaded without unpickling arbitrary objects.
+    """A checkpoint written by `save_checkpoint`, loaded without unpickling arbitrary objects,
+    or a weights-only release file (`bbn.engine.release.read_release`), as a payload.
 
     When `path` is unreadable or fails its checksum and `previous_path(path)` is good, the
     previous one is returned and `warn` gets one line naming both files.
@@ -183,6 +185,8 @@ def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> di
     path = Path(path)
     if not path.is_file():
         raise BBNError(f"checkpoint '{path}' not found; pass a run folder or a .pt file written by bbn train")
+    if path.suffix == RELEASE_SUFFIX or is_safetensors(path):  # a release file (bbn.engine.release)
+        return read_release(path)
     try:
         return _read(path)
     except CorruptCheckpoint as exc:

@@ -1,14 +1,16 @@
-"""`bbn predict`: top-k classes and probabilities of image files from a trained run or an
-imported checkpoint.
+"""`bbn predict` and `bbn.load`: top-k classes and probabilities of images from a trained
+run, a checkpoint, or a file `bbn export` wrote.
 
 An image is decoded (`bbn.data.transforms.read_image`: its size checked from its header,
 then torchvision, Pillow for the other formats), converted to the network's channels (RGB,
-or luma for one-channel networks) and brought to its input as the checkpoint's config
-defines: the in-memory sources (digits, CIFAR, arrays) resize the whole image to the
-training resolution; the image-file sources (iNaturalist-style) resize the shorter side
-and center-crop (`image_transform`). A checkpoint may carry the input description itself
-(`"input"`, written by `bbn import-reference`), and its class names (`"class_names"`);
-otherwise the run's data supplies them, as `bbn eval` loads it.
+or luma for one-channel networks) and brought to its input as the `InputSpec` says: the
+in-memory sources (digits, CIFAR, arrays) resize the whole image to the training
+resolution; the image-file sources (iNaturalist-style) resize the shorter side and
+center-crop. A checkpoint may carry the input description itself (`"input"`, written by
+`bbn import-reference`, and in every exported file), and its class names
+(`"class_names"`); otherwise the run's data supplies them, as `bbn eval` loads it. An
+exported ONNX or TorchScript file is run as it is (`bbn.tools.exported`); a safetensors
+release file is read as a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -58,14 +60,16 @@ class InputSpec:
                 "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "InputSpec":
+    def from_dict(cls, d: Any, where: str, fix: str = "import the model again") -> "InputSpec":
+        """The spec a dict describes; `where` ("checkpoint 'x.pt'") and `fix` make the error."""
         try:
             spec = cls(int(d["channels"]), int(d["height"]), int(d["width"]), tuple(map(float, d["mean"])),
                        tuple(map(float, d["std"])), None if d.get("resize") is None else int(d["resize"]))
         except (KeyError, TypeError, ValueError):
-            raise BBNError(f"checkpoint '{where}' has a malformed 'input' entry; import the model again") from None
-        if spec.channels not in (1, 3) or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-            raise BBNError(f"checkpoint '{where}' has a malformed 'input' entry; import the model again")
+            raise BBNError(f"{where} has a malformed 'input' entry; {fix}") from None
+        if (spec.channels not in (1, 3) or len(spec.mean) != spec.channels or len(spec.std) != spec.channels
+                or min(spec.height, spec.width) < 1 or (spec.resize is not None and spec.resize < 1)):
+            raise BBNError(f"{where} has a malformed 'input' entry; {fix}")
         return spec
 
     def transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -77,31 +81,106 @@ class InputSpec:
                            v2.Normalize(list(self.mean), list(self.std))])
 
 
+Image = Any  # a PIL image, a uint8 (C, H, W) tensor, or the path of an image file or folder
+
+
 @dataclass
 class Predictor:
-    """A checkpoint's model (eval mode), its class names and its image -> input transform."""
+    """A network ready for images: a checkpoint's model (eval mode) or an exported file's
+    graph, its class names and how an image becomes its input (`spec`)."""
 
-    model: nn.Module
+    model: nn.Module | None  # None for an exported graph (`graph` runs it)
     class_names: list[str]
-    channels: int
-    transform: Callable[[torch.Tensor], torch.Tensor]
-    input_shape: tuple[int, int, int]  # (C, H, W) the network was trained on
-    cfg: Config
-    checkpoint: Path
+    spec: InputSpec
+    cfg: Config | None  # None for an exported graph: it carries no config
+    checkpoint: Path  # the file read
     logit_scale: float = 1.0  # the cosine classifier's scale s: softmax(s * z) are its probabilities
+    graph: Callable[[torch.Tensor], torch.Tensor] | None = None  # an exported file's logits of a batch
+    model_name: str = ""
+    source: str = "checkpoint"  # checkpoint, ONNX or TorchScript
+    provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's epoch and import note
+    transform: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.transform = self.spec.transform()
+        if not self.model_name and self.cfg is not None:
+            self.model_name = self.cfg.model.name
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in the order of the network's outputs."""
+        return self.class_names
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the network's input."""
+        return (self.spec.channels, self.spec.height, self.spec.width)
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """The network input of a uint8 (C, H, W) image, C 1 or 3: brought to the network's
+        channels (luma, rounded, so a grey image keeps its exact values), then `transform`."""
+        if image.shape[0] == 3 and self.channels == 1:
+            image = TF.rgb_to_grayscale(image.float()).round().to(torch.uint8)
+        elif image.shape[0] == 1 and self.channels == 3:
+            image = image.expand(3, -1, -1)
+        return self.transform(image)
 
     def load(self, path: str | Path) -> torch.Tensor:
         """The network input of one image file (ImageReadError when it cannot be read)."""
-        image = read_image(str(path))
-        if self.channels == 1:  # luma, rounded (so a grey image keeps its exact values)
-            image = TF.rgb_to_grayscale(image.float()).round().to(torch.uint8)
-        return self.transform(image)
+        return self.prepare(read_image(str(path)))
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C) of a batch of network inputs."""
-        device = next(self.model.parameters()).device
-        return torch.softmax(self.logit_scale * self.model(x.to(device)).float(), dim=1).cpu()
+        if self.graph is not None:
+            logits = self.graph(x)
+        else:
+            assert self.model is not None
+            logits = self.model(x.to(next(self.model.parameters()).device))
+        return torch.softmax(self.logit_scale * logits.float(), dim=1).cpu()
+
+    def predict(self, images: Image | Iterable[Image], topk: int = 5,
+                batch_size: int = 64) -> list[dict[str, Any]]:
+        """One result per image, as `predict_files` gives them: image files and folders (their
+        path as "image"; an unreadable file is warned about and skipped), PIL images and uint8
+        (C, H, W) tensors (their position in `images` as "image"); a uint8 (B, C, H, W)
+        tensor is B images."""
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        return rank(self, [entry for i, item in enumerate(items) for entry in _entries(self, item, i)],
+                    topk, batch_size)
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, torch.Tensor):
+        return images.dim() != 4
+    return isinstance(images, (str, Path)) or hasattr(images, "getbands")  # a PIL image
+
+
+def _image_tensor(image: Any, position: int) -> torch.Tensor:
+    """A uint8 (C, H, W) tensor (C 1 or 3) of a PIL image or a tensor, else BBNError."""
+    if hasattr(image, "getbands"):  # PIL
+        return TF.pil_to_tensor(image if image.mode in ("RGB", "L") else image.convert("RGB"))
+    if not isinstance(image, torch.Tensor):
+        raise BBNError(f"image {position} is a {type(image).__name__}; pass file paths, folders, PIL images "
+                       "or uint8 (C, H, W) tensors")
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
+        raise BBNError(f"image {position} is a {image.dtype} tensor of shape {tuple(image.shape)}; pass uint8 "
+                       "(C, H, W) tensors with C = 1 or 3 (0..255, as decoded)")
+    return image.cpu()
+
+
+Entry = tuple[Any, Callable[[], torch.Tensor]]  # (what the result names, the network input)
+
+
+def _entries(predictor: Predictor, item: Any, position: int) -> list[Entry]:
+    if isinstance(item, (str, Path)):
+        return [(str(f), lambda f=f: predictor.load(f)) for f in image_files([item])]
+    tensor = _image_tensor(item, position)
+    return [(position, lambda: predictor.prepare(tensor))]
 
 
 def input_channels(state: dict[str, Any]) -> int:
@@ -133,9 +212,9 @@ def model_from_checkpoint(payload: dict[str, Any], cfg: Config, path: Path) -> n
     return model.eval()
 
 
-def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str]]:
-    """(transform, input shape, class names) as the run's config defines its input; the
-    data is prepared as `bbn eval` prepares it (images in memory, or the file lists)."""
+def _config_input(cfg: Config) -> tuple[InputSpec, list[str]]:
+    """(input spec, class names) as the run's config defines its input; the data is
+    prepared as `bbn eval` prepares it (images in memory, or the file lists)."""
     from bbn.data.prepare import prepare_data
     from bbn.data.sources import LabeledImages
 
@@ -149,11 +228,12 @@ def _config_input(cfg: Config) -> tuple[Callable, tuple[int, int, int], list[str
 
         size = crop_size(cfg.data)
         spec = InputSpec(data.train.channels, size, size, tuple(data.mean), tuple(data.std), resize_size(cfg.data))
-    return spec.transform(), (spec.channels, spec.height, spec.width), names
+    return spec, names
 
 
-def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
-    """The predictor of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
+def checkpoint_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
+    """The predictor of a run folder (its best.pt, else last.pt), a checkpoint file or a
+    safetensors release file: the network in PyTorch."""
     path = checkpoint_file(target)
     payload = load_checkpoint(path)
     cfg = build_config(payload["config"])
@@ -162,21 +242,33 @@ def load_predictor(target: str | Path, device: torch.device | None = None) -> Pr
     channels = input_channels(model.state_dict())
     names = payload.get("class_names")
     if "input" in payload:
-        spec = InputSpec.from_dict(payload["input"], str(path))
-        transform, shape = spec.transform(), (spec.channels, spec.height, spec.width)
+        spec = InputSpec.from_dict(payload["input"], f"checkpoint '{path}'")
     else:
-        transform, shape, data_names = _config_input(cfg)
+        spec, data_names = _config_input(cfg)
         names = names if names is not None else data_names
-    if shape[0] != channels:
+    if spec.channels != channels:
         raise BBNError(f"checkpoint '{path}': its network takes {channels}-channel images but its config "
-                       f"describes {shape[0]}-channel ones; use the checkpoint with the config it was written with")
+                       f"describes {spec.channels}-channel ones; use the checkpoint with the config it was written with")
     names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise BBNError(f"checkpoint '{path}' names {len(names)} classes for a {num_classes}-class network; "
                        "import it again with the right class-name list")
     scale = cfg.method.ldam_scale if isinstance(model.classifier, NormedLinear) else 1.0
     model.to(device or torch.device("cpu"))
-    return Predictor(model, names, channels, transform, shape, cfg, path, scale)
+    provenance = {k: payload[k] for k in ("epoch", "imported_from") if k in payload}
+    return Predictor(model, names, spec, cfg, path, scale, provenance=provenance)
+
+
+def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
+    """The predictor of a run folder, a checkpoint, or a file `bbn export` wrote (ONNX and
+    TorchScript run as they are, on the CPU for ONNX; a safetensors release file is read as
+    a checkpoint)."""
+    from bbn.tools.exported import graph_kind, load_graph
+
+    kind = graph_kind(checkpoint_file(target))
+    if kind is not None:
+        return load_graph(Path(target), kind, device)
+    return checkpoint_predictor(target, device)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -202,33 +294,42 @@ def _warn(message: str) -> None:
     print(f"bbn: warning: {message}", file=sys.stderr)
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
-                  warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
-    """[{"image": path, "top": [{"rank", "class", "name", "probability"}, ...]}, ...] for every
-    readable image; an unreadable one gets a one-line warning and is skipped."""
+def rank(predictor: Predictor, entries: Sequence[Entry], topk: int = 5, batch_size: int = 64,
+         warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+    """[{"image": name, "top": [{"rank", "class", "name", "probability"}, ...]}, ...] for every
+    entry (name, input maker) whose input can be made; an image file that cannot be read
+    gets a one-line warning and is skipped."""
     if topk < 1:
         raise BBNError(f"--topk {topk} must be at least 1")
-    files = image_files(paths)
     k = min(topk, len(predictor.class_names))
     results: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
+    for start in range(0, len(entries), batch_size):
         batch, kept = [], []
-        for f in files[start:start + batch_size]:
+        for name, make in entries[start:start + batch_size]:
             try:
-                batch.append(predictor.load(f))
-                kept.append(f)
+                batch.append(make())
+                kept.append(name)
             except ImageReadError as exc:
                 warn(f"skipping {exc}")
         if not batch:
             continue
         probs, idx = predictor.probabilities(torch.stack(batch)).topk(k, dim=1)
-        for f, p_row, i_row in zip(kept, probs.tolist(), idx.tolist()):
-            results.append({"image": str(f), "top": [
+        for name, p_row, i_row in zip(kept, probs.tolist(), idx.tolist()):
+            results.append({"image": name, "top": [
                 {"rank": r + 1, "class": c, "name": predictor.class_names[c], "probability": p}
                 for r, (p, c) in enumerate(zip(p_row, i_row))]})
-    if not results:
-        raise BBNError(f"none of the {len(files)} files could be read as an image; pass JPEG, PNG or other image files")
+    if entries and not results:
+        raise BBNError(f"none of the {len(entries)} files could be read as an image; pass JPEG, PNG or other image files")
     return results
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
+                  warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+    """The top-k of every readable image file named or under the folders named (`rank`)."""
+    if topk < 1:
+        raise BBNError(f"--topk {topk} must be at least 1")
+    return rank(predictor, [(str(f), lambda f=f: predictor.load(f)) for f in image_files(paths)],
+                topk, batch_size, warn)
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -270,7 +371,7 @@ def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Pre
     if out.suffix.lower() == ".csv":
         text = _csv_text(results)
     else:
-        text = json.dumps({"checkpoint": str(predictor.checkpoint), "model": predictor.cfg.model.name,
+        text = json.dumps({"checkpoint": str(predictor.checkpoint), "model": predictor.model_name,
                            "predictions": results}, indent=2) + "\n"
     write_text_atomically(out, text)
 
