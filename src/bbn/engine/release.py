@@ -4,7 +4,8 @@ A release file is a safetensors file: the network's state dict (floating-point t
 float32, integer buffers as they are) and, in the header's metadata, one JSON entry `bbn`
 holding what a checkpoint holds besides the weights, minus any training state: the
 resolved config, the class names, the input description, the logit scale (and the
-checkpoint's epoch and import note when it had them). No optimiser or scheduler state.
+checkpoint's epoch and import note when it had them), and the state dict's key order
+(safetensors stores tensors sorted). No optimiser or scheduler state.
 `read_release` returns it as a checkpoint payload, so every command that loads a
 checkpoint for inference loads a release file as well.
 """
@@ -54,8 +55,8 @@ def write_release(path: str | Path, state: dict[str, torch.Tensor], meta: dict[s
     """Write `state` with `meta` (the `bbn` entry, JSON) to `path` as safetensors."""
     from safetensors.torch import save_file
 
-    save_file(state, str(path), metadata={"bbn": json.dumps({"format": RELEASE_FORMAT,
-                                                             "version": RELEASE_VERSION, **meta})})
+    meta = {"format": RELEASE_FORMAT, "version": RELEASE_VERSION, **meta, "state_keys": list(state)}
+    save_file(state, str(path), metadata={"bbn": json.dumps(meta)})
 
 
 def _meta(raw: dict[str, str] | None, path: Path) -> dict[str, Any]:
@@ -93,6 +94,10 @@ def read_release(path: str | Path) -> dict[str, Any]:
         raise BBNError(f"'{path}' cannot be read as a safetensors file ({first_line(exc)}); it is damaged "
                        f"or not a release file; {_AGAIN}") from None
     meta = _meta(raw, path)
+    order = meta.get("state_keys")
+    if not isinstance(order, list) or sorted(order) != sorted(state):
+        raise BBNError(f"'{path}' holds other tensors than its metadata lists; it is damaged; {_AGAIN}")
+    state = {k: state[k] for k in order}  # the network's order (safetensors sorts its tensors)
     bad = nonfinite_entries(state)
     if bad:
         raise BBNError(f"'{path}' holds NaN or inf in '{bad[0].rstrip('.')}'; it is damaged; {_AGAIN}")
