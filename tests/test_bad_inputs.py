@@ -374,6 +374,43 @@ def _predict_torchscript(env: Env) -> list[str]:
     return ["predict", str(_torchscript(env)), str(env.tmp)]
 
 
+def _onnx_graph(env: Env, cut: bool = False) -> Path:
+    """An ONNX graph (a 64 x 64 MatMul) without bbn metadata; `cut`: its file cut in half."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    data = helper.make_model(graph).SerializeToString()
+    path = env.tmp / "model.onnx"
+    path.write_bytes(data[: len(data) // 2] if cut else data)
+    return path
+
+
+def _safetensors_file(env: Env, meta: dict[str, str] | None = None, cut: bool = False) -> Path:
+    """A safetensors file of one 64 x 64 tensor with header metadata `meta`; `cut`: cut short."""
+    from safetensors.torch import save_file
+
+    path = env.tmp / "model.safetensors"
+    save_file({"classifier.weight": torch.ones(64, 64)}, str(path), metadata=meta)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-4000])
+    return path
+
+
+def _release_meta() -> dict[str, str]:
+    return {"bbn": json.dumps({"format": "bbn-release", "version": 1, "config": {},
+                               "state_keys": ["classifier.weight"]})}
+
+
+def _image(env: Env) -> str:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(env.tmp / "a.png")
+    return str(env.tmp / "a.png")
+
+
 def _finished_run(env: Env, name: str, classes: int = 10, final: str | None = None) -> Path:
     """A run folder as `bbn compare` reads it: config.yaml and final.json (`final`: its text)."""
     run = env.tmp / name
@@ -651,6 +688,11 @@ CASES: list[Case] = [
          ("best.pt", "inside the checkpoints folder of run", "outside it")),
     Case("env-export-over-checkpoint", "environment", "bbn export --out an existing bbn checkpoint",
          "choose a new file name", _export_over_checkpoint, ("other.pt", "existing bbn checkpoint", "another file name")),
+    Case("env-export-safetensors-no-folder", "environment", "bbn export --format safetensors into a missing folder",
+         "create the folder first",
+         lambda e: (checkpoint_file(e), ["export", str(e.tmp / "checkpoints" / "best.pt"), "--format", "safetensors",
+                                         "--out", str(e.tmp / "releases" / "model.safetensors")])[-1],
+         ("releases", "does not exist", "create it first")),
     Case("env-predict-out-run-file", "environment", "bbn predict --out a run's existing final.json",
          "choose a new file name",
          lambda e: (_run_with_checkpoint(e), (e.tmp / "final.json").write_text("{}\n"),
@@ -713,8 +755,22 @@ CASES: list[Case] = [
     Case("import-nan-weights", "checkpoint", "import-reference of a file holding NaN weights",
          "import the original checkpoint", import_of(lambda: torch.zeros(10, 128), _nan_conv),
          ("'backbone.conv1.weight' holds NaN or inf weights", "damaged or not a trained model")),
-    Case("predict-torchscript", "checkpoint", "bbn predict of a TorchScript export", "pass the run or checkpoint",
-         _predict_torchscript, ("model.ts", "is an exported TorchScript model", "not a bbn checkpoint", "run folder")),
+    Case("predict-torchscript", "checkpoint", "bbn predict of a TorchScript file without bbn metadata",
+         "export with bbn export, or pass the run or checkpoint", _predict_torchscript,
+         ("model.ts", "TorchScript model without bbn metadata", "bbn export", "run folder")),
+    Case("predict-onnx-no-metadata", "checkpoint", "bbn predict of an ONNX file without bbn metadata",
+         "export with bbn export, or pass the run or checkpoint",
+         lambda e: ["predict", str(_onnx_graph(e)), _image(e)],
+         ("model.onnx", "ONNX model without bbn metadata", "bbn export", "run folder")),
+    Case("predict-onnx-cut", "checkpoint", "bbn predict of an ONNX file cut short", "export it again",
+         lambda e: ["predict", str(_onnx_graph(e, cut=True)), _image(e)],
+         ("model.onnx", "cannot be loaded as an ONNX model", "damaged", "bbn export")),
+    Case("predict-safetensors-cut", "checkpoint", "bbn predict of a safetensors release file cut short",
+         "export it again", lambda e: ["predict", str(_safetensors_file(e, _release_meta(), cut=True)), _image(e)],
+         ("model.safetensors", "cannot be read as a safetensors file", "damaged", "--format safetensors")),
+    Case("predict-safetensors-bare", "checkpoint", "bbn predict of a safetensors file without bbn metadata",
+         "export with bbn export --format safetensors", lambda e: ["predict", str(_safetensors_file(e)), _image(e)],
+         ("model.safetensors", "without bbn metadata", "bbn export --format safetensors")),
     Case("eval-torchscript", "checkpoint", "bbn eval of a TorchScript export", "pass the run or checkpoint",
          lambda e: ["eval", str(_torchscript(e))], ("model.ts", "is an exported TorchScript model", "run folder")),
     Case("adjust-tau-norm-cosine", "checkpoint", "bbn eval --adjust tau_norm of a model with a cosine "

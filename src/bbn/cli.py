@@ -139,8 +139,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if info.get("fallback_reason"):
         print(f"bbn: warning: the dynamo ONNX exporter failed for this network ({info['fallback_reason']}); "
               "the TorchScript-based exporter wrote the file", file=sys.stderr)
-    print(f"written: {info['out']} ({kind.get(info['format'], info['format'])}; input {tuple(info['input_shape'])} "
-          f"with any batch size; max |logit difference| to the checkpoint {info['max_abs_diff']:.2g})")
+    batch = "" if info["format"] == "safetensors" else " with any batch size"
+    print(f"written: {info['out']} ({kind.get(info['format'], info['format'])}; input {tuple(info['input_shape'])}"
+          f"{batch}; max |logit difference| to the checkpoint {info['max_abs_diff']:.2g})")
     return 0
 
 

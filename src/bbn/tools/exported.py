@@ -40,7 +40,8 @@ def graph_kind(path: Path) -> str | None:
 def parse_metadata(text: str | None, path: Path, kind: str) -> dict[str, Any]:
     """The bbn metadata of an exported file, checked; BBNError naming what is missing."""
     if text is None:
-        raise BBNError(f"'{path}' is a {kind} model without bbn metadata, so its input and class names are "
+        article = "an" if kind == "ONNX" else "a"
+        raise BBNError(f"'{path}' is {article} {kind} model without bbn metadata, so its input and class names are "
                        "unknown; export the network with bbn export, or pass the run folder or checkpoint")
     try:
         meta = json.loads(text)
@@ -70,8 +71,8 @@ def _onnx(path: Path) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for damaged files
-        raise BBNError(f"'{path}' cannot be loaded as an ONNX model ({first_line(exc)}); it is damaged; "
-                       f"{_AGAIN}") from None
+        reason = first_line(RuntimeError(str(exc).replace(str(path), path.name)))  # the path is named already
+        raise BBNError(f"'{path}' cannot be loaded as an ONNX model ({reason}); it is damaged; {_AGAIN}") from None
     [inputs], outputs = session.get_inputs(), session.get_outputs()
     name = inputs.name
 

@@ -81,7 +81,7 @@ class InputSpec:
                            v2.Normalize(list(self.mean), list(self.std))])
 
 
-Image = Any  # a PIL image, a uint8 (C, H, W) tensor, or the path of an image file or folder
+ImageLike = Any  # a PIL image, a uint8 (C, H, W) tensor, or the path of an image file or folder
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Predictor:
     logit_scale: float = 1.0  # the cosine classifier's scale s: softmax(s * z) are its probabilities
     graph: Callable[[torch.Tensor], torch.Tensor] | None = None  # an exported file's logits of a batch
     model_name: str = ""
-    source: str = "checkpoint"  # checkpoint, ONNX or TorchScript
+    source: str = "checkpoint"  # checkpoint, safetensors (a release file), ONNX or TorchScript
     provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's epoch and import note
     transform: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
 
@@ -143,7 +143,7 @@ class Predictor:
             logits = self.model(x.to(next(self.model.parameters()).device))
         return torch.softmax(self.logit_scale * logits.float(), dim=1).cpu()
 
-    def predict(self, images: Image | Iterable[Image], topk: int = 5,
+    def predict(self, images: ImageLike | Iterable[ImageLike], topk: int = 5,
                 batch_size: int = 64) -> list[dict[str, Any]]:
         """One result per image, as `predict_files` gives them: image files and folders (their
         path as "image"; an unreadable file is warned about and skipped), PIL images and uint8
@@ -256,7 +256,8 @@ def checkpoint_predictor(target: str | Path, device: torch.device | None = None)
     scale = cfg.method.ldam_scale if isinstance(model.classifier, NormedLinear) else 1.0
     model.to(device or torch.device("cpu"))
     provenance = {k: payload[k] for k in ("epoch", "imported_from") if k in payload}
-    return Predictor(model, names, spec, cfg, path, scale, provenance=provenance)
+    return Predictor(model, names, spec, cfg, path, scale, provenance=provenance,
+                     source="safetensors" if payload.get("release") else "checkpoint")
 
 
 def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
