@@ -48,7 +48,6 @@ from bbn.tools.predict import Predictor, checkpoint_predictor, model_from_checkp
 from bbn.engine.runs import publish
 
 EXPORT_FORMATS = ("onnx", "safetensors", "torchscript")
-LEGACY_FORMATS = ("torchscript",)
 ONNX_OPSET = 17  # of the TorchScript-based exporter; the dynamo exporter picks its own
 PARITY_RTOL = 1e-4  # of max(1, the largest |logit|)
 EXTRA_HINT = "install the export extra: pip install 'bbn[export]'"
