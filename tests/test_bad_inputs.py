@@ -187,6 +187,15 @@ def _too_large_image_strict(env: Env) -> list[str]:
     return [*args[:-2], "data.strict=true", *args[-2:]]
 
 
+def finetune_folder(*overrides: str) -> Callable[[Env], list[str]]:
+    """`bbn train` of the fine-tuning preset on a small image folder."""
+    def make(env: Env) -> list[str]:
+        image_folder(env.tmp / "imgs", [3, 2])
+        return ["train", "image_folder_finetune_bbn_resnet18", f"data.root={env.tmp / 'imgs'}", "data.test_per_class=1",
+                "train.device=cpu", *FAST, *(o.replace("TMP", str(env.tmp)) for o in overrides), "--out", str(env.out)]
+    return make
+
+
 def train_digits(*overrides: str) -> Callable[[Env], list[str]]:
     return lambda env: ["train", "digits_bbn", *overrides, "--out", str(env.out)]
 
@@ -598,6 +607,12 @@ CASES: list[Case] = [
          "drop it or choose a model that reads it",
          config_file("model:\n  name: resnet32\n  pretrained: weights.pt\nmethod:\n  name: ce\n"),
          ("model.pretrained is read by models bbn_resnet50, bbn_timm/..., bbn_torchvision/..., resnet50, timm/..., torchvision/..., not by model 'resnet32'",)),
+    Case("config-finetune-no-weights", "config", "a fine-tuning preset without model.pretrained",
+         "pass the network's saved weights as model.pretrained", finetune_folder(),
+         ("model.pretrained is not set", "timm.create_model('resnet18', pretrained=True)", "model.pretrained=PATH")),
+    Case("config-finetune-no-root", "config", "a fine-tuning preset without data.root", "pass data.root=FOLDER",
+         lambda e: ["train", "image_folder_finetune_bbn_resnet18", "train.device=cpu", "--out", str(e.out)],
+         ("data.root is not set", "pass data.root=FOLDER")),
     Case("config-bool-number", "config", "true/false given for a number", "give a number",
          train_digits("train.epochs=true"), ("train.epochs", "true/false is not a number")),
     Case("config-duplicate-key", "config", "a key repeated in a YAML mapping", "keep one of them",
@@ -725,6 +740,10 @@ CASES: list[Case] = [
          lambda e: ["compare", str(_finished_run(e, "a")), "--out", str(e.tmp / "a")],
          ("is a run folder", "curves.png would be replaced", "another folder")),
     # checkpoint
+    Case("pretrained-missing", "checkpoint", "model.pretrained naming a file that does not exist",
+         "save the network's weights where there is network access", finetune_folder("model.pretrained=TMP/r18.pth"),
+         ("r18.pth' not found", "python -c \"import timm, torch; torch.save(timm.create_model('resnet18', "
+                                "pretrained=True).state_dict(), 'resnet18.pth')\"")),
     Case("ckpt-truncated", "checkpoint", "a checkpoint cut short", "use a checkpoint written by bbn train",
          eval_of(lambda e: _damaged(e, keep=slice(0, 2000))), ("best.pt", "cannot be read", "bbn train")),
     Case("ckpt-garbage", "checkpoint", "random bytes as a checkpoint", "use a checkpoint written by bbn train",

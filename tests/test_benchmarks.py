@@ -15,10 +15,13 @@ BENCHMARKS = ROOT / "benchmarks"
 
 # script -> the arguments of its smallest run ({tmp}: a folder of the test's own)
 SMOKE: dict[str, list[str]] = {
+    "backbones.py": ["--size", "32", "--batch", "2", "--steps", "1", "--repeats", "1", "--threads", "1",
+                     "--models", "resnet32,timm/vit_tiny"],
     "ceiling.py": ["--smoke", "--steps", "1", "--warmup", "0"],
     "demo_accuracy.py": ["--smoke", "--seeds", "1", "--out", "{tmp}"],
     "file_throughput.py": ["--images", "16", "--side", "32", "--workers", "0", "--batch", "4", "--epochs", "1",
                            "--device", "cpu"],
+    "folder_decode.py": ["--images", "2", "--sides", "32", "--repeats", "1"],
     "kill_test.py": ["--smoke", "--kills", "1", "--terms", "0", "--seed", "0", "--out", "{tmp}"],
     "one_pass.py": ["--steps", "1", "--repeats", "1", "--batch", "4"],
     "profile_step.py": ["--steps", "1", "train.batch_size=8", "train.threads=1"],

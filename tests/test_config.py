@@ -83,10 +83,13 @@ def test_every_preset_loads_and_names_registered_parts(name: str) -> None:
     assert cfg.method.name in METHODS
     assert cfg.method.adaptor in ADAPTORS
     assert cfg.method.rebalance_sampler in REBALANCE_SAMPLERS
-    # BBN needs a bilateral model (ResNet-32, or ResNet-50 for the 224x224 image datasets),
-    # LDAM-DRW the cosine one, the other baselines the plain one
-    needs = {"bbn": {"bbn_resnet32", "bbn_resnet50"}, "ldam_drw": {"resnet32_cosine"}}
+    # BBN needs a bilateral model (ResNet-32, or ResNet-50 for the 224x224 image datasets, or a
+    # small timm network for fine-tuning on an image folder), LDAM-DRW the cosine one, the other
+    # baselines the plain one
+    needs = {"bbn": {"bbn_resnet32", "bbn_resnet50", "bbn_timm/resnet18", "bbn_timm/convnext_atto"},
+             "ldam_drw": {"resnet32_cosine"}}
     assert cfg.model.name in needs.get(cfg.method.name, {"resnet32"})
+    assert cfg.model.require_pretrained == ("/" in cfg.model.name)  # the fine-tuning presets need weights
     assert max(cfg.train.milestones) <= cfg.train.epochs
     # a preset path under configs/ works the same as its name
     assert load_config(f"configs/{name}.yaml") == cfg

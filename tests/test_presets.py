@@ -25,7 +25,7 @@ RESOLVED = json.loads((Path(__file__).parent / "fixtures" / "presets_resolved.js
 ADDED_KEYS = {"method": {key: MethodConfig.model_fields[key].default for key in ("la_tau", "sampler", "t_max")},
               "train": {key: TrainConfig.model_fields[key].default for key in ("budget", "recipe_batch_size", "lr_scale")},
               "data": {"val_per_class": DataConfig.model_fields["val_per_class"].default},
-              "model": {"options": {}}}
+              "model": {"options": {}, "require_pretrained": False}}
 
 
 def recorded(name: str) -> dict:

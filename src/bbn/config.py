@@ -122,11 +122,13 @@ class ModelConfig(_Section):
     """The network (`bbn.models.MODELS`): a registered name or `[bbn_]timm/ARCH`,
     `[bbn_]torchvision/ARCH`. `pretrained`: a state dict file (torch or safetensors) of the
     backbone's weights (for resnet50 / bbn_resnet50, torchvision's ResNet-50) that initialises
-    all but the classifier (None = random init); `options`: keyword arguments of a timm or
-    torchvision constructor (`{depth: 2, img_size: 32}`)."""
+    all but the classifier (None = random init); `require_pretrained`: training refuses to
+    start without `pretrained` (the fine-tuning presets set it); `options`: keyword arguments
+    of a timm or torchvision constructor (`{depth: 2, img_size: 32}`)."""
 
     name: str = "bbn_resnet32"
     pretrained: str | None = None
+    require_pretrained: bool = False
     options: dict[str, int | float | str | bool] = Field(default_factory=dict)
 
 

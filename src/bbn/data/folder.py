@@ -86,7 +86,7 @@ def load_image_folder(cfg: DataConfig) -> Splits:
     """Train and test splits of an image folder tree."""
     check_unused(cfg, cfg.source, ("train_file", "test_file", "download"))
     if not cfg.root:
-        raise BBNError("data.root is not set; point it at a folder with one subfolder of images per class")
+        raise BBNError("data.root is not set; pass data.root=FOLDER, a folder with one subfolder of images per class")
     root = Path(cfg.root).expanduser()
     classes = class_folders(root, "root")
     everything = scan(root, "root", classes)

@@ -155,8 +155,8 @@ class LDAMDRW(DeferredReweighting):
     def check_model(self, model: nn.Module) -> None:
         if not isinstance(getattr(model, "classifier", None), NormedLinear):
             raise BBNError(
-                f"method 'ldam_drw' needs a cosine classifier; model.name='{self.cfg.model.name}' "
-                "is not one (use model.name=resnet32_cosine)"
+                f"method 'ldam_drw' needs a cosine classifier, which only the CIFAR ResNet-32 has; "
+                f"model.name='{self.cfg.model.name}' is not it (use model.name=resnet32_cosine)"
             )
 
     def loss(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:

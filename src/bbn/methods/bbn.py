@@ -11,6 +11,7 @@ from bbn.losses import cumulative_accuracy, cumulative_loss
 from bbn.methods.base import METHODS, Batch, Method, StepContext, StepResult
 from bbn.methods.cumulative import ADAPTORS, cumulative_alpha, is_stochastic
 from bbn.models.bilateral import BilateralModel
+from bbn.models.registry import counterpart
 from bbn.samplers import REBALANCE_SAMPLERS, BBNPairSampler, Plan, UniformSampler
 
 
@@ -35,7 +36,7 @@ class BBN(Method):
         if not isinstance(model, BilateralModel):
             raise BBNError(
                 f"method 'bbn' needs a bilateral model; model.name='{self.cfg.model.name}' is not one "
-                "(use model.name=bbn_resnet32)"
+                f"(use model.name={counterpart(self.cfg.model.name, True)})"
             )
 
     def steps_per_epoch(self) -> int:

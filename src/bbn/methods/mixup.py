@@ -72,12 +72,13 @@ class ManifoldMixup(Mixup):
     """Uniform sampler; the network mixes h_k with h_k[perm], k drawn per batch."""
 
     def check_model(self, model: nn.Module) -> None:
-        super().check_model(model)
+        """Only the plain ResNet-32 exposes the hidden states mixed (`hidden`, `forward_from`)."""
         if not isinstance(model, ResNet32):
             raise BBNError(
                 f"method '{self.cfg.method.name}' mixes hidden states of the plain ResNet-32; "
                 f"model.name='{self.cfg.model.name}' is not it (use model.name=resnet32)"
             )
+        super().check_model(model)  # the cosine ResNet-32
 
     def step(self, model: ResNet32, batch: Batch, ctx: StepContext) -> StepResult:
         x, y, generator = batch.x_c, batch.y_c, ctx.generator

@@ -12,6 +12,7 @@ from bbn.config import Config
 from bbn.errors import BBNError
 from bbn.methods.base import METHODS, Batch, Method, StepContext, StepResult
 from bbn.models.bilateral import BilateralModel
+from bbn.models.registry import counterpart
 from bbn.models.resnet_cifar import NormedLinear
 from bbn.samplers import REBALANCE_SAMPLERS, Plan, RebalanceSampler, UniformSampler, drawn_batches
 
@@ -45,7 +46,7 @@ class SingleBranch(Method):
         if isinstance(model, BilateralModel) or isinstance(getattr(model, "classifier", None), NormedLinear):
             raise BBNError(
                 f"method '{self.cfg.method.name}' trains the plain network, not "
-                f"model.name='{self.cfg.model.name}' (use model.name=resnet32)"
+                f"model.name='{self.cfg.model.name}' (use model.name={counterpart(self.cfg.model.name, False)})"
             )
 
     def sampler(self, epoch: int) -> str:

@@ -38,7 +38,7 @@ TORCHVISION_LAST_STAGE = (("resnet", "layer4"), ("resnext", "layer4"), ("wide_re
                           ("convnext", "features.-1"), ("efficientnet", "features.-2"),
                           ("mobilenet", "features.-2"), ("regnet", "trunk_output.-1"),
                           ("swin", "features.-1"), ("vit", "encoder.layers"))
-READS = {"model.pretrained", "model.options"}
+READS = {"model.pretrained", "model.require_pretrained", "model.options"}
 
 
 class BranchSlot(nn.Module):
@@ -265,10 +265,21 @@ for _library in NETWORKS:
 
 # --- pretrained weights --------------------------------------------------------------------------
 
+def how_to_get(what: str) -> str:
+    """How to save `what`'s (`timm/ARCH`, `torchvision/ARCH`) pretrained weights as a state dict
+    file, once, where there is network access."""
+    library, _, arch = what.partition("/")
+    make = {"timm": f"timm.create_model('{arch}', pretrained=True)",
+            "torchvision": f"torchvision.models.get_model('{arch}', weights='DEFAULT')"}.get(library)
+    if make is None:
+        return f"save the {what} weights with torch.save(model.state_dict(), PATH) where there is network access"
+    return (f"save {what}'s pretrained weights once where there is network access with python -c \"import "
+            f"{library}, torch; torch.save({make}.state_dict(), '{arch}.pth')\"")
+
+
 def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from a torch file (torch.save(model.state_dict())) or a .safetensors file."""
-    fix = (f"save the {what} weights with torch.save(model.state_dict(), PATH) or safetensors where there is "
-           "network access, and copy the file here")
+    fix = f"{how_to_get(what)} and pass that file"
     if not path.is_file():
         raise BBNError(f"model.pretrained '{path}' not found; {fix}")
     try:

@@ -88,12 +88,12 @@ class ResNet50(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("resnet50", reads={"model.pretrained"})
+@MODELS.register("resnet50", reads={"model.pretrained", "model.require_pretrained"})
 def resnet50(num_classes: int, in_channels: int = 3) -> ResNet50:
     return ResNet50(num_classes, in_channels)
 
 
-@MODELS.register("bbn_resnet50", reads={"model.pretrained"})
+@MODELS.register("bbn_resnet50", reads={"model.pretrained", "model.require_pretrained"})
 def bbn_resnet50(num_classes: int, in_channels: int = 3) -> BilateralModel:
     backbone = ResNet50Backbone(in_channels, layer4_blocks=STAGE_BLOCKS[3] - 1, branch_blocks=True)
     return BilateralModel(backbone, feature_dim=FEATURE_DIM, num_classes=num_classes)
