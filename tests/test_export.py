@@ -118,6 +118,26 @@ def test_onnx_falls_back_to_the_torchscript_based_exporter(
     assert float((load_predictor(out).graph(x) - eager).abs().max()) < PARITY
 
 
+def test_an_onnx_graph_with_a_fixed_batch_is_written_again_by_the_other_exporter(
+        checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dynamo export that fixes the batch size (a guard it could not prove for every batch)
+    is not kept: the TorchScript-based exporter writes a graph that takes any batch."""
+    onnx = pytest.importorskip("onnx")
+    import bbn.tools.export
+
+    def fixed_batch(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["images"],
+                          output_names=["logits"])  # no dynamic axes: batch 2 only
+    monkeypatch.setattr(bbn.tools.export, "_dynamo_onnx", fixed_batch)
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint[0]), "--format", "onnx", "--out", str(out)]) == 0
+    assert "the dynamo exporter fixed the batch size" in capsys.readouterr().err
+    graph = onnx.load(str(out))
+    assert json.loads({p.key: p.value for p in graph.metadata_props}["bbn"])["exporter"] == "torchscript"
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # any batch size
+
+
 def test_help_marks_torchscript_as_legacy(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--help"])

@@ -60,8 +60,15 @@ class BranchSlot(nn.Module):
             return self.rb(x, *args, **kwargs)
         if self.fork:
             return torch.cat((self.cb(x, *args, **kwargs), self.rb(x, *args, **kwargs)), dim=0)
-        first, second = x.chunk(2, dim=0)
+        first, second = halves(x)
         return torch.cat((self.cb(first, *args, **kwargs), self.rb(second, *args, **kwargs)), dim=0)
+
+
+def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and second half of a (2B, ...) batch, sliced (not chunked, whose size rule
+    makes an exported graph fix the batch size)."""
+    half = x.shape[0] // 2
+    return x[:half], x[half:]
 
 
 class Branched(nn.Module):
@@ -89,8 +96,7 @@ class Branched(nn.Module):
 
     def both_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self._run(x, BOTH)
-        f_c, f_r = f.chunk(2, dim=0)
-        return f_c, f_r
+        return halves(f)
 
 
 class PlainNetwork(nn.Module):

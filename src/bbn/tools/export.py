@@ -102,6 +102,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
         warnings.simplefilter("ignore")  # exporter notes; the parity check below decides
         try:
             _dynamo_onnx(model, example, path)
+            if not _free_batch(onnx.load(str(path))):
+                raise ValueError("the dynamo exporter fixed the batch size")
         except Exception as exc:  # the dynamo exporter raises many types for networks it cannot trace
             info = {"exporter": "torchscript", "fallback_reason": first_line(exc)}
             _torchscript_onnx(model, example, path)
@@ -109,6 +111,11 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     graph.metadata_props.add(key="bbn", value=json.dumps({**meta, **info}))
     onnx.save(graph, str(path))
     return info
+
+
+def _free_batch(graph: Any) -> bool:
+    """Whether the ONNX graph's first input takes any batch size (a named first dimension)."""
+    return bool(graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param)
 
 
 def _write_safetensors(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +160,12 @@ def parity(model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], x: torch
     """(max |exported - eager| logit, the tolerance it must stay under) on the batch `x`."""
     with torch.no_grad():
         eager = model(x).numpy()
-    diff = float(np.abs(run(x) - eager).max())
+    try:
+        exported = run(x)
+    except Exception as exc:  # the runtime's own error types: the file is not kept either way
+        raise BBNError(f"the exported model fails on a batch of {len(x)} ({first_line(exc)[:160]}); nothing was "
+                       "written, report this with the checkpoint") from None
+    diff = float(np.abs(exported - eager).max())
     return diff, PARITY_RTOL * max(1.0, float(np.abs(eager).max()))
 
 
