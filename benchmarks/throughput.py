@@ -46,7 +46,7 @@ from bbn.models import create_model
 from bbn.engine.distributed import SINGLE
 from bbn.engine.optim import build_optimizer
 from bbn.engine.session import Trainer, TrainState
-from bbn.engine.speed import autocast_dtype, compile_model, memory_format
+from bbn.engine.speed import compile_model, grad_scaler, memory_format, resolve_precision
 from bbn.engine.train import train_epoch, versions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -109,12 +109,14 @@ def synthetic_trainer(cfg: Config, smoke: bool = False) -> Trainer:
     if cfg.train.compile:
         compile_model(model)
     aug = cfg.augment
+    precision = resolve_precision(cfg.train.precision, device)
     return Trainer(cfg=cfg, device=device, world=SINGLE, data=Splits(train, test, CIFAR_MEAN, CIFAR_STD),
                    model=model, method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
                    optimizer=build_optimizer(model, cfg.train),
                    train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt, aug.crop_padding, aug.flip),
                    test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
-                   step=SINGLE.step_module(model, False, device), amp_dtype=autocast_dtype(cfg.train.precision, device))
+                   step=SINGLE.step_module(model, False, device), precision=precision,
+                   scaler=grad_scaler(precision, device))
 
 
 def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str, smoke: bool = False) -> dict[str, Any]:

@@ -68,10 +68,13 @@ def _train(args: argparse.Namespace) -> int:
     from bbn.tools.runner import continue_run, resume_run, start_run
 
     progress = not args.no_progress
+    if args.precision and not (args.resume and args.resume != "auto"):
+        raise BBNError("--precision changes the precision of a resumed run (bbn train --resume RUN --precision P); "
+                       "a new run takes train.precision=P")
     if args.resume and args.resume != "auto":
         if args.items or args.out:
             raise BBNError("--resume continues a run with its saved config; drop CONFIG, overrides and --out")
-        run, final = resume_run(args.resume, progress=progress)
+        run, final = resume_run(args.resume, progress=progress, precision=args.precision)
     else:
         if args.resume == "auto" and not args.out:
             raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
@@ -295,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN|auto",
                    help="continue the run in folder RUN; 'auto' with CONFIG and --out: continue the run in "
                         "--out if it has the same config, reuse it if finished, else start it")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="with --resume RUN: continue in this precision instead of the run's own (the result "
+                        "is then no longer bit-exact with an uninterrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--strict", action="store_true",
                    help="an unreadable image file is an error, not a skipped and listed one (data.strict=true)")

@@ -16,7 +16,7 @@ from bbn.devices import resolve_device
 from bbn.engine.evaluate import infer, load_run, predict
 from bbn.engine.metrics import classification_metrics
 from bbn.engine.results import write_results
-from bbn.engine.speed import autocast, autocast_dtype, memory_format
+from bbn.engine.speed import autocast, memory_format, resolve_precision
 from bbn.errors import BBNError
 from bbn.models import BilateralModel, num_params
 from bbn.models.branches import BRANCH_LABELS
@@ -103,7 +103,7 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
     test = create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test")
     held_out = validation_set(data) if any(spec.tau is None for spec in specs) else None
     batch = cfg.train.eval_batch_size
-    with autocast(device, autocast_dtype(cfg.train.precision, device)):  # as the run evaluated itself
+    with autocast(device, resolve_precision(cfg.train.precision, device).dtype):  # as a run of cfg evaluates here
         outputs = infer_outputs(model, test, batch, branch, features)
         val = None if held_out is None else infer_outputs(
             model, create_image_set(held_out, cfg, data.mean, data.std, device, fmt, "val"), batch, branch, features)
