@@ -55,8 +55,9 @@ def test_auto_on_cuda(monkeypatch: pytest.MonkeyPatch, has_bf16: bool, name: str
 
 def test_a_resumed_run_keeps_its_precision_or_says_how_to_change_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    kept = resumed_precision("bf16", "auto", None, CPU)  # auto would give fp32 here: the run's own wins
-    assert kept.name == "bf16" and "emulates" in kept.why
+    kept = resumed_precision({"name": "bf16", "why": "auto: native"}, "auto", None, CPU)  # auto gives fp32 here
+    assert kept.name == "bf16" and kept.why.startswith("auto: native") and "emulates" in kept.why
+    assert resumed_precision("bf16", "auto", None, CPU).name == "bf16"
     assert resumed_precision(None, "fp32", None, CPU).name == "fp32"  # a checkpoint that does not record it
     with pytest.raises(BBNError, match="--precision fp32"):
         resumed_precision("fp16", "auto", None, CPU)
@@ -126,7 +127,7 @@ def test_a_gradient_scaler_trains_and_is_checkpointed() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))  # the scaler stepped
     assert t.scaler.get_scale() == 16.0  # no overflow, no back-off
     payload = checkpoint_of(t, TrainState(epoch=1))
-    assert payload["precision"] == "fp16" and payload["scaler"]["scale"] == t.scaler.get_scale()
+    assert payload["precision"] == {"name": "fp16", "why": "test"} and payload["scaler"]["scale"] == t.scaler.get_scale()
     fresh = dataclasses.replace(t, scaler=torch.amp.GradScaler("cpu", init_scale=1.0))
     restore(fresh, payload)
     assert fresh.scaler.get_scale() == t.scaler.get_scale()

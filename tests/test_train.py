@@ -108,7 +108,7 @@ def test_a_run_records_the_precision_it_resolved(finished: tuple[RunDir, dict]) 
     here = speed.resolve_precision("auto", torch.device("cpu"))  # TINY keeps the default, auto
     assert final["precision"] == {"name": here.name, "why": here.why}
     assert json.loads(run.final.read_text())["precision"]["name"] == here.name
-    assert load_checkpoint(run.last)["precision"] == load_checkpoint(run.best)["precision"] == here.name
+    assert load_checkpoint(run.last)["precision"] == load_checkpoint(run.best)["precision"] == final["precision"]
 
 
 def test_resume_keeps_the_runs_precision_or_changes_it_only_when_asked(tmp_path: Path,
@@ -118,14 +118,15 @@ def test_resume_keeps_the_runs_precision_or_changes_it_only_when_asked(tmp_path:
     with pytest.raises(Stop):
         start_run(load_config(None, [*TINY, "train.epochs=3", "train.milestones=[2]"]), out, progress=False,
                   log=_stop_after(1))
-    assert load_checkpoint(RunDir(out).last)["precision"] == "bf16"
+    assert load_checkpoint(RunDir(out).last)["precision"]["name"] == "bf16"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # resumed on one without
     lines: list[str] = []
     with pytest.raises(Stop):
         resume_run(out, progress=False, log=lambda line: (lines.append(line), _stop_after(2)(line)))
-    assert any(line.startswith("precision bf16 (the run's own") for line in lines), lines
+    kept = [line for line in lines if line.startswith("precision bf16 (auto: this CPU runs bf16 natively")]
+    assert kept and "emulates bf16" in kept[0], lines  # the run's own precision and reason, and what it costs here
     last = load_checkpoint(RunDir(out).last)
-    assert last["epoch"] == 2 and last["precision"] == "bf16"
+    assert last["epoch"] == 2 and last["precision"]["name"] == "bf16"
     last["precision"] = "fp16"  # a run trained on a CUDA device without bf16, resumed on a CPU
     save_checkpoint(last, RunDir(out).last)
     with pytest.raises(BBNError, match="--precision fp32"):

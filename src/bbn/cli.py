@@ -96,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bbn.tools.adjust import format_adjusted
     from bbn.tools.evaluate import eval_command
 
-    result = eval_command(args.target, args.device, args.branch, args.adjust)
+    result = eval_command(args.target, args.device, args.branch, args.adjust, args.precision)
     branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
     print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']}{branch})")
     print(_summary(result))
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the forward pass's precision (default: the run's train.precision as it resolves here)")
     p.add_argument("--branch", choices=["all", "cb", "rb"], default="all",
                    help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
                         "or BBN-RB (W_r f_r + b) alone")

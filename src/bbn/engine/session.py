@@ -103,7 +103,7 @@ def checkpoint_of(t: Trainer, state: TrainState) -> dict[str, Any]:
     """The checkpoint's content: config, weights, optimiser, the precision the run computes in
     (and its gradient scaler's state) and the whole TrainState."""
     payload = {"format": CHECKPOINT_FORMAT, "config": (t.recipe or t.cfg).to_dict(), "model": t.model.state_dict(),
-               "optimizer": t.optimizer.state_dict(), "precision": t.precision.name, **asdict(state)}
+               "optimizer": t.optimizer.state_dict(), "precision": {"name": t.precision.name, "why": t.precision.why}, **asdict(state)}
     if t.scaler is not None:
         payload["scaler"] = t.scaler.state_dict()
     return payload

@@ -88,13 +88,17 @@ def check_runs(name: str, device: torch.device, what: str, fix: str = "use anoth
         raise BBNError(f"{what} bf16, which this CUDA device does not run; {fix}")
 
 
-def resumed_precision(stored: str | None, configured: str, override: str | None,
+def resumed_precision(stored: dict[str, str] | str | None, configured: str, override: str | None,
                       device: torch.device) -> Precision:
-    """The precision a resumed run continues in: the one its last.pt was trained in (a
-    checkpoint that does not record it: its config's `train.precision` resolved here), so a
-    resume on the same kind of host stays bit-exact; `override` (`bbn train --resume RUN
-    --precision P`) changes it explicitly. A stored precision this device cannot run is a
-    one-line error that names the override."""
+    """The precision a resumed run continues in: the one its last.pt was trained in (its
+    name and the reason it was chosen, `{"name", "why"}`; a checkpoint that does not record
+    it: its config's `train.precision` resolved here), so a resume on the same kind of host
+    stays bit-exact, final.json included; `override` (`bbn train --resume RUN --precision P`)
+    changes it explicitly. A stored precision this device cannot run is a one-line error that
+    names the override."""
+    why = "the run's own, from its last checkpoint"
+    if isinstance(stored, dict):
+        stored, why = stored.get("name"), str(stored.get("why", why))
     if override is not None:
         chosen = resolve_precision(override, device)
         changed = "" if chosen.name == stored else f", was {stored}: not bit-exact with an uninterrupted run"
@@ -107,8 +111,7 @@ def resumed_precision(stored: str | None, configured: str, override: str | None,
     check_runs(stored, device, "the run was trained in",
                "resume it on such a device, or continue in another precision with "
                "bbn train --resume RUN --precision fp32 (no longer bit-exact)")
-    why = "the run's own, from its last checkpoint"
-    if stored == "bf16" and not bf16_fast(device):
+    if stored == "bf16" and not bf16_fast(device) and "emulates" not in why:
         why += f"; this {device.type.upper()} emulates bf16, slower than fp32"
     return Precision(stored, why)
 
