@@ -1,7 +1,8 @@
 """Training and evaluation throughput of BBN ResNet-32 on a CIFAR-10-LT-sized set, for
 named variants side by side in one run.
 
-    python benchmarks/throughput.py [--variants reference,ours,...] [--steps 20] [--append]
+    python benchmarks/throughput.py [--variants auto|reference,ours,...] [--steps 20] [--repeats 3]
+                                    [--ceiling] [--append]
 
 Each variant runs in its own process (so peak memory and thread settings are its own) on
 the same synthetic CIFAR-10-LT IR100 set (12,406 uint8 32x32 images, the paper's class
@@ -15,15 +16,19 @@ into a PIL image, draws its reversed sample inside `__getitem__` with Python's `
 applies torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor +
 Normalize per sample in 2 DataLoader workers; two fp32 passes per step, and the shown
 accuracy brought to the host every step. The other variants are this package's trainer
-(`bbn.engine.train.train_epoch`) with config overrides.
+(`bbn.engine.train.train_epoch`) with config overrides; `ours` is what `bbn train` runs by
+default (train.precision=auto: bf16 on a host that runs it natively, else fp32), and
+`--variants auto` measures it beside the reference and its fp32 counterpart. With
+`--repeats R` the variants run R times in turn (reference, ours, ..., reference, ours, ...)
+and the table gives each one's median with the range; `--ceiling` adds each variant's share
+of the arithmetic ceiling of its precision (benchmarks/ceiling.py). The table's first line
+names the host: CPU model, its speed flags, oneDNN and threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import platform
 import random
 import resource
 import sys
@@ -46,7 +51,8 @@ from bbn.models import create_model
 from bbn.engine.distributed import SINGLE
 from bbn.engine.optim import build_optimizer
 from bbn.engine.session import Trainer, TrainState
-from bbn.engine.speed import autocast_dtype, compile_model, memory_format
+from bbn.engine.speed import compile_model, grad_scaler, memory_format, resolve_precision
+from bbn.engine.provenance import host_line
 from bbn.engine.train import train_epoch, versions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -58,8 +64,11 @@ OURS: dict[str, list[str]] = {
     "ours-channels_last": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
     "ours-bf16": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "ours-compile": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
+    "ours-bf16-compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
     "ours": [],  # the preset's defaults: what `bbn train cifar10_ir100_bbn` runs
 }
+# --variants auto: the default beside the reference and the default's fp32 counterpart.
+AUTO = ("reference", "ours-channels_last", "ours")
 
 
 # --smoke: a tiny run that only shows the script works (its figures mean nothing).
@@ -109,12 +118,14 @@ def synthetic_trainer(cfg: Config, smoke: bool = False) -> Trainer:
     if cfg.train.compile:
         compile_model(model)
     aug = cfg.augment
+    precision = resolve_precision(cfg.train.precision, device)
     return Trainer(cfg=cfg, device=device, world=SINGLE, data=Splits(train, test, CIFAR_MEAN, CIFAR_STD),
                    model=model, method=METHODS.get(cfg.method.name)(cfg, train.labels, 10),
                    optimizer=build_optimizer(model, cfg.train),
                    train_set=DeviceImages.create(train, CIFAR_MEAN, CIFAR_STD, device, fmt, aug.crop_padding, aug.flip),
                    test_set=DeviceImages.create(test, CIFAR_MEAN, CIFAR_STD, device, fmt),
-                   step=SINGLE.step_module(model, False, device), amp_dtype=autocast_dtype(cfg.train.precision, device))
+                   step=SINGLE.step_module(model, False, device), precision=precision,
+                   scaler=grad_scaler(precision, device))
 
 
 def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str, smoke: bool = False) -> dict[str, Any]:
@@ -136,7 +147,7 @@ def run_ours(overrides: list[str], steps: int, warmup: int, device_name: str, sm
     eval_s = time.perf_counter() - start
     return {"step_s": step_s, "images_per_step": 2 * cfg.train.batch_size, "eval_s": eval_s,
             "steps_per_epoch": method.steps_per_epoch(), "peak_mb": _peak_memory_mb(device),
-            "loss": row["train_loss"]}
+            "loss": row["train_loss"], "precision": s.precision.name}
 
 
 # --- the reference's pipeline -----------------------------------------------------------
@@ -279,19 +290,9 @@ def measure(name: str, steps: int, warmup: int, device: str, threads: int | None
 
 
 def machine(device: str) -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    if device != "cpu" and torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name()}"
+    """The host line of a table: CPU, speed flags, native bf16, torch, oneDNN, threads (and GPU)."""
     v = versions()
-    return f"{text}; torch {v['torch']}, torchvision {v['torchvision']}, Python {v['python']}"
+    return f"{host_line()}; torchvision {v['torchvision']}, Python {v['python']}; device {device}"
 
 
 def append_results(title: str, device: str, what: str, text: str) -> None:
@@ -302,25 +303,46 @@ def append_results(title: str, device: str, what: str, text: str) -> None:
                 f"Command: `{command.strip()}`. {what}\n\n{text}\n")
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median step time, with the range of the training rate over all runs
+    (`rates`); a failed run is reported as the variant's result."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["step_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rates": [r["images_per_step"] / r["step_s"] for r in ordered]}
+
+
+def table(results: dict[str, dict[str, Any]], ceilings: dict[str, float] | None = None) -> str:
+    """One row per variant; with several repeats the training rate is the median [min-max];
+    `ceilings` (img/s per precision) adds each variant's share of its ceiling."""
     base = results.get("reference", {}).get("step_s")
-    lines = ["| variant | train img/s | epoch s | eval img/s | peak MB | vs reference |",
-             "|---|---|---|---|---|---|"]
+    extra = " of ceiling |" if ceilings else ""
+    lines = [f"| variant | precision | train img/s | epoch s | eval img/s | peak MB | vs reference |{extra}",
+             "|---|---|---|---|---|---|---|" + ("---|" if ceilings else "")]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | | |" + (" |" if ceilings else ""))
             continue
         rate = r["images_per_step"] / r["step_s"]
+        spread = (f" [{min(r['rates']):,.0f}-{max(r['rates']):,.0f}]" if len(r.get("rates", [])) > 1 else "")
         ratio = f"{base / r['step_s']:.2f}x" if base else "n/a"
-        lines.append(f"| {name} | {rate:,.0f} | {r['step_s'] * r['steps_per_epoch']:.1f} | "
-                     f"{TEST_IMAGES / r['eval_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |")
+        precision = r.get("precision", "fp32")
+        share = f" {rate / ceilings[precision]:.0%} |" if ceilings else ""
+        lines.append(f"| {name} | {precision} | {rate:,.0f}{spread} | {r['step_s'] * r['steps_per_epoch']:.1f} | "
+                     f"{TEST_IMAGES / r['eval_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |{share}")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default="reference," + ",".join(OURS),
-                        help=f"comma-separated, from: reference, {', '.join(OURS)}")
+                        help=f"comma-separated, from: reference, {', '.join(OURS)}; or auto "
+                             f"({', '.join(AUTO)}: the default beside the reference and fp32)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every variant this many times, in turn; the table gives medians")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="add each variant's share of the arithmetic ceiling of its precision")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="cpu")
@@ -332,20 +354,33 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke and args.append:
         parser.error("--smoke figures mean nothing; drop --append")
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    names = list(AUTO) if args.variants == "auto" else [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n != "reference" and n not in OURS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: reference, {', '.join(OURS)}")
-    results = {}
-    for name in names:
-        print(f"measuring {name} ...", file=sys.stderr)
-        results[name] = measure(name, args.steps, args.warmup, args.device, args.threads, args.smoke)
-    text = table(results)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    print(machine(args.device))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names:
+            print(f"measuring {name} ({repeat + 1}/{args.repeats}) ...", file=sys.stderr)
+            runs[name].append(measure(name, args.steps, args.warmup, args.device, args.threads, args.smoke))
+    results = {name: median_of(r) for name, r in runs.items()}
+    ceilings = None
+    if args.ceiling:
+        from ceiling import ceilings_per_precision
+
+        ceilings = ceilings_per_precision(args.smoke)
+        print("ceilings (img/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
+    text = table(results, ceilings)
     print(text)
     if args.append:
-        append_results("Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size", args.device,
-                       f"Device: {args.device}; {args.steps} timed steps after {args.warmup} untimed, per variant.",
-                       text)
+        what = (f"{args.steps} timed steps after {args.warmup} untimed, per variant"
+                + (f"; {args.repeats} repeats in turn, median [range]" if args.repeats > 1 else "") + "."
+                + (" Ceilings (img/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()) + "."
+                   if ceilings else ""))
+        append_results("Throughput, BBN ResNet-32, CIFAR-10-LT IR100 size", args.device, what, text)
     return 1 if args.smoke and any("error" in r for r in results.values()) else 0
 
 

@@ -168,6 +168,7 @@ def test_parse_adjust_refuses(text: str, words: tuple[str, ...]) -> None:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("adjust") / "run"
     assert main(["train", "digits_bbn", "data.n_max=30", "train.epochs=2", "train.threads=1",
+                 "train.precision=fp32",  # the hand computations below are fp32
                  "train.tensorboard=false", "--no-progress", "--out", str(out)]) == 0
     return out
 
@@ -188,7 +189,7 @@ def test_eval_adjust_end_to_end(run: Path, capsys: pytest.CaptureFixture[str]) -
     assert list(adjusted) == ["logit:tau=0.0", "tau_norm:tau=0.0", "logit:tau=1.0", "tau_norm:tau=1.0",
                               "logit:tau=sweep", "tau_norm:tau=sweep"]
     base_keys = {k for k in result if k not in ("adjusted", "checkpoint", "epoch", "branch", "class_counts",
-                                                 "class_names", "num_params", "format")}
+                                                 "class_names", "num_params", "format", "precision")}
     for key, entry in adjusted.items():
         assert base_keys <= set(entry), key  # the full metric dict
         assert f"adjusted {key}" in printed

@@ -276,16 +276,17 @@ def _existing_run(env: Env) -> list[str]:
     return ["train", "digits_bbn", "--out", str(env.out)]
 
 
-def _stopped_run(env: Env, model_name: str | None = None, **changes: object) -> list[str]:
-    """`bbn train --resume RUN` of a run folder as a stop leaves it, its last.pt changed as given."""
+def _stopped_run(env: Env, model_name: str | None = None, payload: dict | None = None, **changes: object) -> list[str]:
+    """`bbn train --resume RUN` of a run folder as a stop leaves it, its last.pt's config
+    changed as `changes` and its content as `payload` give."""
     run = env.tmp / "stopped"
     cfg = _digits_cfg()
     (run / "checkpoints").mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
     (run / ".lock").write_text("")  # as every run leaves it
     model = create_model(model_name or cfg.model.name, 10, 1)
-    save_checkpoint({"format": 2, "config": {**cfg.to_dict(), **changes}, "epoch": 1, "model": model.state_dict()},
-                    run / "checkpoints" / "last.pt")
+    save_checkpoint({"format": 2, "config": {**cfg.to_dict(), **changes}, "epoch": 1, "model": model.state_dict(),
+                     **(payload or {})}, run / "checkpoints" / "last.pt")
     return ["train", "--resume", str(run), "--no-progress"]
 
 
@@ -692,6 +693,15 @@ CASES: list[Case] = [
     Case("env-resume-other-model", "environment", "--resume of a run whose last.pt holds another model",
          "put back the run's own last.pt", lambda e: _stopped_run(e, model_name="bbn_resnet32"),
          ("last.pt' does not fit the model of", "config.yaml", "put back the run's own last.pt")),
+    Case("env-resume-precision-unrunnable", "environment",
+         "--resume on a CPU of a run trained in fp16 (a CUDA device without bf16)",
+         "resume on such a device, or --precision fp32", lambda e: _stopped_run(e, payload={"precision": "fp16"}),
+         ("the run was trained in fp16", "needs a CUDA device", "--resume RUN --precision fp32")),
+    Case("env-precision-fp16-on-cpu", "environment", "train.precision=fp16 on a CPU", "use another train.precision",
+         train_digits("train.precision=fp16"), ("train.precision fp16", "needs a CUDA device", "this one is cpu")),
+    Case("config-precision-without-resume", "config", "--precision without --resume RUN",
+         "set train.precision=P for a new run", lambda e: ["train", "digits_bbn", "--precision", "fp32"],
+         ("--precision changes the precision of a resumed run", "train.precision=P")),
     Case("env-resume-not-a-run", "environment", "--resume of a folder that is no run", "pass the run folder",
          lambda e: ["train", "--resume", str(e.tmp)], ("not a run folder", "bbn train wrote")),
     Case("env-export-into-checkpoints", "environment", "bbn export --out a run's checkpoints/best.pt",

@@ -242,8 +242,9 @@ def test_import_with_a_data_config_evaluates_on_that_data(ref32: tuple[Path, Ten
     assert main(["import-reference", str(path), "--out", str(out), "--config", "cifar10_ir100_bbn",
                  f"data.root={tmp_path / 'cifar'}", "data.imbalance_ratio=1", "train.device=cpu"]) == 0
     capsys.readouterr()
-    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert main(["eval", str(out), "--device", "cpu", "--precision", "fp32"]) == 0  # as computed below
     result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["precision"] == {"name": "fp32", "why": "set by --precision"}
     with torch.no_grad():
         pred = reference_logits_32(x, sd).argmax(1)
     assert len(set(pred.tolist())) > 2  # the comparison below sees several classes

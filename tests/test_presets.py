@@ -26,14 +26,22 @@ ADDED_KEYS = {"method": {key: MethodConfig.model_fields[key].default for key in 
               "train": {key: TrainConfig.model_fields[key].default for key in ("budget", "recipe_batch_size", "lr_scale")},
               "data": {"val_per_class": DataConfig.model_fields["val_per_class"].default},
               "model": {"options": {}, "require_pretrained": False}}
+# Defaults changed after a preset was recorded: section -> key -> (old, new). train.precision
+# became auto (bf16 where the device runs it natively); no preset sets it.
+CHANGED_DEFAULTS = {"train": {"precision": ("fp32", "auto")}}
 
 
 def recorded(name: str) -> dict:
-    """RESOLVED[name] with the keys added after its recording at their defaults."""
+    """RESOLVED[name] with the keys added after its recording at their defaults, and the
+    defaults changed since at their new values."""
     entry = json.loads(json.dumps(RESOLVED[name]))
     for section, keys in ADDED_KEYS.items():
         for key, default in keys.items():
             entry[section].setdefault(key, default)
+    for section, changed in CHANGED_DEFAULTS.items():
+        for key, (old, new) in changed.items():
+            assert entry[section][key] == old, (name, section, key)
+            entry[section][key] = new
     return entry
 
 

@@ -10,7 +10,8 @@ import torch
 import yaml
 from kill_harness import without_timing
 
-from bbn.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+import bbn.engine.speed as speed
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from bbn.config import load_config, save_config
 from bbn.engine.optim import learning_rate
 from bbn.engine.runs import RunDir, read_metrics
@@ -100,6 +101,38 @@ def test_resume_equals_uninterrupted(finished: tuple[RunDir, dict], tmp_path: Pa
         assert torch.equal(tensor, b["model"][key]), key
     assert _rows(run) == _rows(reference)
     assert final["top1"] == ref_final["top1"] and final["best_epoch"] == ref_final["best_epoch"]
+
+
+def test_a_run_records_the_precision_it_resolved(finished: tuple[RunDir, dict]) -> None:
+    run, final = finished
+    here = speed.resolve_precision("auto", torch.device("cpu"))  # TINY keeps the default, auto
+    assert final["precision"] == {"name": here.name, "why": here.why}
+    assert json.loads(run.final.read_text())["precision"]["name"] == here.name
+    assert load_checkpoint(run.last)["precision"] == load_checkpoint(run.best)["precision"] == final["precision"]
+
+
+def test_resume_keeps_the_runs_precision_or_changes_it_only_when_asked(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bf16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # a host with bf16
+    with pytest.raises(Stop):
+        start_run(load_config(None, [*TINY, "train.epochs=3", "train.milestones=[2]"]), out, progress=False,
+                  log=_stop_after(1))
+    assert load_checkpoint(RunDir(out).last)["precision"]["name"] == "bf16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # resumed on one without
+    lines: list[str] = []
+    with pytest.raises(Stop):
+        resume_run(out, progress=False, log=lambda line: (lines.append(line), _stop_after(2)(line)))
+    kept = [line for line in lines if line.startswith("precision bf16 (auto: this CPU runs bf16 natively")]
+    assert kept and "emulates bf16" in kept[0], lines  # the run's own precision and reason, and what it costs here
+    last = load_checkpoint(RunDir(out).last)
+    assert last["epoch"] == 2 and last["precision"]["name"] == "bf16"
+    last["precision"] = "fp16"  # a run trained on a CUDA device without bf16, resumed on a CPU
+    save_checkpoint(last, RunDir(out).last)
+    with pytest.raises(BBNError, match="--precision fp32"):
+        resume_run(out, progress=False, log=_quiet)
+    _, final = resume_run(out, progress=False, log=_quiet, precision="fp32")
+    assert final["precision"]["name"] == "fp32" and "was fp16: not bit-exact" in final["precision"]["why"]
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished: tuple[RunDir, dict]) -> None:

@@ -68,10 +68,13 @@ def _train(args: argparse.Namespace) -> int:
     from bbn.tools.runner import continue_run, resume_run, start_run
 
     progress = not args.no_progress
+    if args.precision and not (args.resume and args.resume != "auto"):
+        raise BBNError("--precision changes the precision of a resumed run (bbn train --resume RUN --precision P); "
+                       "a new run takes train.precision=P")
     if args.resume and args.resume != "auto":
         if args.items or args.out:
             raise BBNError("--resume continues a run with its saved config; drop CONFIG, overrides and --out")
-        run, final = resume_run(args.resume, progress=progress)
+        run, final = resume_run(args.resume, progress=progress, precision=args.precision)
     else:
         if args.resume == "auto" and not args.out:
             raise BBNError("--resume auto needs --out RUN: it continues, reuses or starts the run in that folder")
@@ -93,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bbn.tools.adjust import format_adjusted
     from bbn.tools.evaluate import eval_command
 
-    result = eval_command(args.target, args.device, args.branch, args.adjust)
+    result = eval_command(args.target, args.device, args.branch, args.adjust, args.precision)
     branch = "" if result["branch"] == "all" else f", {result['branch']} alone"
     print(f"checkpoint {result['checkpoint']} (epoch {result['epoch']}{branch})")
     print(_summary(result))
@@ -301,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN|auto",
                    help="continue the run in folder RUN; 'auto' with CONFIG and --out: continue the run in "
                         "--out if it has the same config, reuse it if finished, else start it")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="with --resume RUN: continue in this precision instead of the run's own (the result "
+                        "is then no longer bit-exact with an uninterrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--strict", action="store_true",
                    help="an unreadable image file is an error, not a skipped and listed one (data.strict=true)")
@@ -308,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the forward pass's precision (default: the run's train.precision as it resolves here)")
     p.add_argument("--branch", choices=["all", "cb", "rb"], default="all",
                    help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
                         "or BBN-RB (W_r f_r + b) alone")

@@ -162,8 +162,9 @@ class MethodConfig(_Section):
 class TrainConfig(_Section):
     """Optimiser, schedule (SPEC §5) and loop settings.
 
-    Speed switches: `precision` (fp32; bf16 autocast; auto = bf16 where the device runs it
-    natively), `channels_last` (NHWC activations, faster convolutions on CPU and GPU) and
+    Speed switches: `precision` (auto, the default: bf16 autocast where the device runs bf16
+    natively, fp16 with a gradient scaler on CUDA without bf16, fp32 elsewhere; bbn.engine.speed;
+    or fp32, bf16, fp16 (CUDA) as set), `channels_last` (NHWC activations, faster convolutions on CPU and GPU) and
     `compile` (compiled residual stages). Figures: benchmarks/RESULTS.md.
     `on_nonfinite`: a NaN or inf loss stops the run (`stop`, checked at every log point) or
     its step is skipped and counted (`skip`, checked at every step).
@@ -193,7 +194,7 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True
     deterministic: bool = True
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     on_nonfinite: Literal["stop", "skip"] = "stop"
     channels_last: bool = True
     compile: bool = False

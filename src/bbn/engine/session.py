@@ -22,7 +22,8 @@ from bbn.devices import resolve_device
 from bbn.engine.checkpoint import CHECKPOINT_FORMAT
 from bbn.engine.distributed import World, check_batch, init_world
 from bbn.engine.optim import build_optimizer
-from bbn.engine.speed import autocast, autocast_dtype, compile_model, memory_format
+from bbn.engine.speed import (FP32, Precision, autocast, compile_model, grad_scaler, memory_format,
+                              resolve_precision, resumed_precision)
 from bbn.methods import METHODS, Method
 from bbn.models import build_model
 
@@ -45,9 +46,15 @@ class Trainer:
     train_set: ImageSet
     test_set: ImageSet
     step: nn.Module
-    amp_dtype: torch.dtype | None = None
+    precision: Precision = FP32
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
     val_set: ImageSet | None = None
     recipe: Config | None = None  # None: cfg is the recipe
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of forward passes (None: fp32)."""
+        return self.precision.dtype
 
     def autocast(self) -> ContextManager:
         """The precision context of forward passes (train.precision)."""
@@ -93,15 +100,21 @@ class TrainState:
 
 
 def checkpoint_of(t: Trainer, state: TrainState) -> dict[str, Any]:
-    """The checkpoint's content: config, weights, optimiser and the whole TrainState."""
-    return {"format": CHECKPOINT_FORMAT, "config": (t.recipe or t.cfg).to_dict(), "model": t.model.state_dict(),
-            "optimizer": t.optimizer.state_dict(), **asdict(state)}
+    """The checkpoint's content: config, weights, optimiser, the precision the run computes in
+    (and its gradient scaler's state) and the whole TrainState."""
+    payload = {"format": CHECKPOINT_FORMAT, "config": (t.recipe or t.cfg).to_dict(), "model": t.model.state_dict(),
+               "optimizer": t.optimizer.state_dict(), "precision": {"name": t.precision.name, "why": t.precision.why}, **asdict(state)}
+    if t.scaler is not None:
+        payload["scaler"] = t.scaler.state_dict()
+    return payload
 
 
 def restore(t: Trainer, payload: dict[str, Any]) -> TrainState:
     """Load a checkpoint's weights and optimiser into `t`; its TrainState."""
     t.model.load_state_dict(payload["model"])
     t.optimizer.load_state_dict(payload["optimizer"])
+    if t.scaler is not None and "scaler" in payload:
+        t.scaler.load_state_dict(payload["scaler"])
     return TrainState.from_checkpoint(payload)
 
 
@@ -116,16 +129,21 @@ def check_names(cfg: Config) -> None:
     resolve_device(cfg.train.device)
 
 
-def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = None) -> Trainer:
+def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = None,
+                  resumed: dict[str, Any] | None = None, precision: str | None = None) -> Trainer:
     """Seed, load and check the data, build model, method and optimiser (no side effects).
     `pretrained=False` skips `model.pretrained` (a resumed run's weights come from last.pt);
     `skip_log` (rank 0) lists unreadable image files. The run trains with `effective_config(cfg)`
-    (train.budget, train.lr_scale)."""
+    (train.budget, train.lr_scale), in the precision `train.precision` resolves to on this
+    device, or for a resumed run (`resumed`, its last.pt) the one it was trained in
+    (`precision` overrides it: bbn.engine.speed.resumed_precision)."""
     check_names(cfg)
     recipe, cfg = cfg, effective_config(cfg)
     world, device_name = init_world(cfg.train.device)
     check_batch(cfg.train.batch_size, world)
     device = resolve_device(device_name)
+    mode = (resolve_precision(cfg.train.precision, device) if resumed is None
+            else resumed_precision(resumed.get("precision"), cfg.train.precision, precision, device))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -151,5 +169,5 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
         val_set=None if data.val is None else create_image_set(data.val, cfg, data.mean, data.std, device, fmt,
                                                                "val", skip_log),
         step=world.step_module(model, cfg.train.sync_bn, device),
-        amp_dtype=autocast_dtype(cfg.train.precision, device), recipe=recipe,
+        precision=mode, scaler=grad_scaler(mode, device), recipe=recipe,
     )

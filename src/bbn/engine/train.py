@@ -67,9 +67,15 @@ def train_epoch(t: Trainer, state: TrainState, progress: bool, max_steps: int | 
             with t.autocast():
                 out = t.step(t.method, batch, ctx)
             t.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if skip and not world.all_true(bool(torch.isfinite(out.loss)) and grads_finite(t.model)):
+            (out.loss if t.scaler is None else t.scaler.scale(out.loss)).backward()
+            # fp16: the scaler itself skips a step whose scaled gradients overflow, so only the loss is checked
+            if skip and not world.all_true(bool(torch.isfinite(out.loss))
+                                           and (t.scaler is not None or grads_finite(t.model))):
                 tally.skip()
+            elif t.scaler is not None:
+                t.scaler.step(t.optimizer)
+                t.scaler.update()
+                tally.add(i, out, batch.labels())
             else:
                 t.optimizer.step()
                 tally.add(i, out, batch.labels())
@@ -244,6 +250,7 @@ def finish(t: Trainer, state: TrainState, run: RunDir, on_finish: FinishHook | N
                  class_counts=t.data.class_counts, class_names=t.data.train.class_names,
                  num_params=num_params(t.model), train_s=state.train_s, epochs=state.epoch, seed=t.cfg.seed,
                  versions=versions(), commit=source_commit(), device=device_label(t.device),
+                 precision={"name": t.precision.name, "why": t.precision.why},
                  processes=t.world.size)
     if t.data.val is not None:
         final.update(best_val_top1=state.best_top1, val_counts=t.data.val.class_counts())

@@ -16,7 +16,7 @@ from bbn.devices import resolve_device
 from bbn.engine.evaluate import infer, load_run, predict
 from bbn.engine.metrics import classification_metrics
 from bbn.engine.results import write_results
-from bbn.engine.speed import autocast, autocast_dtype, memory_format
+from bbn.engine.speed import autocast, memory_format, resolve_precision
 from bbn.errors import BBNError
 from bbn.models import BilateralModel, num_params
 from bbn.models.branches import BRANCH_LABELS
@@ -81,11 +81,13 @@ def validation_set(data: Splits) -> LabeledImages | ImageFiles | None:
 
 
 def eval_command(target: str | Path, device_name: str = "auto", branch: str = "all",
-                 adjust: Sequence[str] | None = None) -> dict[str, Any]:
+                 adjust: Sequence[str] | None = None, precision: str | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given one) on its test set; write eval.json
     (eval_cb.json / eval_rb.json for one branch alone, so no evaluation replaces another).
     `adjust`: `--adjust` values (bbn.tools.adjust), reported under `adjusted`, each computed
-    from the same single inference pass."""
+    from the same single inference pass. The forward pass runs in `precision` (default: the
+    run's train.precision as it resolves on this device, bbn.engine.speed), recorded as
+    `precision` in the result."""
     if branch not in EVAL_BRANCHES:
         raise BBNError(f"unknown branch '{branch}'; use one of {', '.join(EVAL_BRANCHES)}")
     specs = parse_adjustments(adjust)
@@ -103,7 +105,8 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
     test = create_image_set(data.test, cfg, data.mean, data.std, device, fmt, "test")
     held_out = validation_set(data) if any(spec.tau is None for spec in specs) else None
     batch = cfg.train.eval_batch_size
-    with autocast(device, autocast_dtype(cfg.train.precision, device)):  # as the run evaluated itself
+    mode = resolve_precision(precision or cfg.train.precision, device)
+    with autocast(device, mode.dtype):  # as a run of cfg evaluates on this device, unless `precision` says
         outputs = infer_outputs(model, test, batch, branch, features)
         val = None if held_out is None else infer_outputs(
             model, create_image_set(held_out, cfg, data.mean, data.std, device, fmt, "val"), batch, branch, features)
@@ -112,6 +115,7 @@ def eval_command(target: str | Path, device_name: str = "auto", branch: str = "a
         result["adjusted"] = adjusted_results(specs, outputs, Basis(data.class_counts, head), val)
     result.update(checkpoint=str(loaded.checkpoint), epoch=loaded.payload.get("epoch"),
                   branch=BRANCH_LABELS[branch] if alone else "all", class_counts=data.class_counts,
-                  class_names=data.train.class_names, num_params=num_params(model))
+                  class_names=data.train.class_names, num_params=num_params(model),
+                  precision={"name": mode.name, "why": mode.why if precision is None else "set by --precision"})
     write_results(loaded.run_root / ("eval.json" if not alone else f"eval_{branch}.json"), result)
     return result

@@ -74,6 +74,7 @@ def _fit_fresh(t: Trainer, run: RunDir, progress: bool, log, said: str) -> dict[
     log(f"{said}{run.root}  ({len(t.data.train)} training images, "
         f"{t.data.train.num_classes} classes, {num_params(t.model):,} parameters, "
         f"device {t.device})")
+    log(t.precision.line())
     log_recipe(t, log)
     fault_point("run.created")
     with stopped_run(run, fresh=True):  # an error before the first last.pt removes what it wrote
@@ -109,9 +110,11 @@ def continue_run(cfg: Config, out: str | Path, progress: bool = True,
     return start_run(cfg, run.root, progress=progress, log=log)
 
 
-def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunDir, dict[str, Any]]:
-    """Continue a stopped run from its last.pt with its own config, to the same result; one
-    that stopped before its first last.pt starts again in place."""
+def resume_run(path: str | Path, progress: bool = True, log=print,
+               precision: str | None = None) -> tuple[RunDir, dict[str, Any]]:
+    """Continue a stopped run from its last.pt with its own config and precision, to the same
+    result (`precision` changes the latter explicitly); one that stopped before its first
+    last.pt starts again in place."""
     run = RunDir(path)
     if not run.config.is_file():
         raise BBNError(f"'{run.root}' is not a run folder (no config.yaml); pass the folder bbn train wrote")
@@ -129,7 +132,8 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
             raise BBNError(f"checkpoint '{run.last}' has format {payload.get('format')}, this bbn resumes "
                            f"{', '.join(map(str, RESUMABLE_FORMATS))}; resume it with the bbn version that wrote it")
         check_checkpoint_config(run, cfg, payload)
-        trainer = build_trainer(cfg, pretrained=False, skip_log=run.skipped_images)
+        trainer = build_trainer(cfg, pretrained=False, skip_log=run.skipped_images, resumed=payload,
+                                precision=precision)
         try:
             state = restore(trainer, payload)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
@@ -139,7 +143,9 @@ def resume_run(path: str | Path, progress: bool = True, log=print) -> tuple[RunD
         if not trainer.world.is_main:
             log = quiet_log
         where = state.position() if state.partial else f"after epoch {state.epoch}/{cfg.train.epochs}"
-        log(f"resuming {run.root} {where}")
+        log(f"resuming {run.root} {where}, in the run's precision" if precision is None
+            else f"resuming {run.root} {where}")
+        log(trainer.precision.line())
         log_recipe(trainer, log)
         with stopped_run(run, fresh=False):
             return run, fit(trainer, state, run, progress, log, on_finish=report_run)
