@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bbn.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from bbn.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from bbn.engine.speed import resolve_precision
 from bbn.cli import main
 from bbn.config import build_config
 from bbn.data.cifar import CIFAR_MEAN, CIFAR_STD
@@ -24,7 +25,7 @@ from bbn.tools.predict import InputSpec, load_predictor, predict_files
 from cli_checks import assert_bad_input
 from image_files import image_folder
 
-DIGITS = {"train": {"device": "cpu"}}
+DIGITS = {"train": {"device": "cpu", "precision": "fp32"}}  # the tests compare with fp32 computations
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,22 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
         Image.fromarray(test.images[i, 0].numpy(), mode="L").save(images / f"digit{i}.png")
     (images / "notes.txt").write_text("not an image")  # not an image extension: not listed
     return root / "run", model, images
+
+
+def test_a_checkpoint_predicts_in_its_runs_precision_unless_told(
+        digits_run: tuple[Path, torch.nn.Module, Path], tmp_path: Path) -> None:
+    run, _, images = digits_run
+    assert load_predictor(run).precision.name == "fp32"  # its config's train.precision
+    payload = load_checkpoint(run / "checkpoints" / "best.pt")
+    payload["config"]["train"]["precision"] = "auto"
+    save_checkpoint(payload, tmp_path / "auto.pt")
+    assert load_predictor(tmp_path / "auto.pt").precision == resolve_precision("auto", torch.device("cpu"))
+    bf16 = load_predictor(run, precision="bf16")
+    assert bf16.precision.dtype is torch.bfloat16
+    fp32 = predict_files(load_predictor(run), [images], topk=1)
+    low = predict_files(bf16, [images], topk=1)
+    for a, b in zip(fp32, low):  # bf16 keeps 8 bits of mantissa: close, not equal
+        assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=0.05)
 
 
 def test_probabilities_are_the_models_on_the_training_input(digits_run: tuple[Path, torch.nn.Module, Path]) -> None:

@@ -53,7 +53,7 @@ def train_tiny(root: Path) -> Path:
             "data.test_per_class=2", f"data.image_size={SIZE}", f"data.resize_size={RESIZE}", "data.workers=0",
             "data.profile=none", "model.name=bbn_resnet32", "train.batch_size=4", "train.epochs=1",
             "train.milestones=[1]", "train.warmup_epochs=0", "train.device=cpu", "train.eval_batch_size=8",
-            "train.tensorboard=false", "train.threads=1"]
+            "train.tensorboard=false", "train.threads=1", "train.precision=fp32"]  # compared with fp32 exports
     assert main(args) == 0
     return run
 

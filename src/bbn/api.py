@@ -13,11 +13,13 @@ from bbn.models import create_model
 from bbn.tools.predict import Predictor, load_predictor
 
 
-def load(run_or_file: str | Path, device: str = "auto") -> Predictor:
+def load(run_or_file: str | Path, device: str = "auto", precision: str | None = None) -> Predictor:
     """The predictor of a run folder, a checkpoint, or a file `bbn export` wrote (ONNX runs on
     the CPU whatever `device` says): `.classes` are its class names, `.predict(images, topk=5)`
-    its top-k per image (file paths or folders, PIL images, uint8 (C, H, W) tensors)."""
-    return load_predictor(run_or_file, resolve_device(device))
+    its top-k per image (file paths or folders, PIL images, uint8 (C, H, W) tensors). A
+    checkpoint's network runs in `precision` (default: its train.precision as it resolves on
+    `device`; `"fp32"` for exact fp32 outputs)."""
+    return load_predictor(run_or_file, resolve_device(device), precision)
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, options: dict[str, Any] | None = None,

@@ -125,7 +125,7 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from bbn.tools.predict import format_table, predict_command
 
-    results = predict_command(args.target, args.images, args.topk, args.out, args.device)
+    results = predict_command(args.target, args.images, args.topk, args.out, args.device, args.precision)
     if args.out:
         print(f"{len(results)} images; written: {args.out}")
     else:
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="write the predictions there (default: a table)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="a checkpoint's forward pass (default: its train.precision as it resolves here)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="a run's or checkpoint's network as ONNX, a safetensors release file or "
                                       "(legacy) TorchScript, parity-checked",

@@ -33,6 +33,7 @@ from bbn.config import Config, build_config
 from bbn.data.transforms import ImageReadError, read_image
 from bbn.errors import BBNError
 from bbn.engine.evaluate import checkpoint_file
+from bbn.engine.speed import FP32, Precision, autocast, resolve_precision
 from bbn.models import create_model
 from bbn.models.resnet_cifar import NormedLinear
 from bbn.tools.outputs import check_out
@@ -99,6 +100,7 @@ class Predictor:
     model_name: str = ""
     source: str = "checkpoint"  # checkpoint, safetensors (a release file), ONNX or TorchScript
     provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's epoch and import note
+    precision: Precision = FP32  # of a checkpoint's forward pass (an exported graph runs as exported)
     transform: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -140,7 +142,9 @@ class Predictor:
             logits = self.graph(x)
         else:
             assert self.model is not None
-            logits = self.model(x.to(next(self.model.parameters()).device))
+            device = next(self.model.parameters()).device
+            with autocast(device, self.precision.dtype):
+                logits = self.model(x.to(device))
         return torch.softmax(self.logit_scale * logits.float(), dim=1).cpu()
 
     def predict(self, images: ImageLike | Iterable[ImageLike], topk: int = 5,
@@ -231,7 +235,8 @@ def _config_input(cfg: Config) -> tuple[InputSpec, list[str]]:
     return spec, names
 
 
-def checkpoint_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
+def checkpoint_predictor(target: str | Path, device: torch.device | None = None,
+                         precision: str | None = None) -> Predictor:
     """The predictor of a run folder (its best.pt, else last.pt), a checkpoint file or a
     safetensors release file: the network in PyTorch."""
     path = checkpoint_file(target)
@@ -254,22 +259,26 @@ def checkpoint_predictor(target: str | Path, device: torch.device | None = None)
         raise BBNError(f"checkpoint '{path}' names {len(names)} classes for a {num_classes}-class network; "
                        "import it again with the right class-name list")
     scale = cfg.method.ldam_scale if isinstance(model.classifier, NormedLinear) else 1.0
-    model.to(device or torch.device("cpu"))
+    device = device or torch.device("cpu")
+    model.to(device)
     provenance = {k: payload[k] for k in ("epoch", "imported_from") if k in payload}
     return Predictor(model, names, spec, cfg, path, scale, provenance=provenance,
-                     source="safetensors" if payload.get("release") else "checkpoint")
+                     source="safetensors" if payload.get("release") else "checkpoint",
+                     precision=resolve_precision(precision or cfg.train.precision, device))
 
 
-def load_predictor(target: str | Path, device: torch.device | None = None) -> Predictor:
+def load_predictor(target: str | Path, device: torch.device | None = None,
+                   precision: str | None = None) -> Predictor:
     """The predictor of a run folder, a checkpoint, or a file `bbn export` wrote (ONNX and
     TorchScript run as they are, on the CPU for ONNX; a safetensors release file is read as
-    a checkpoint)."""
+    a checkpoint). A checkpoint's network runs in `precision` (default: its config's
+    train.precision as it resolves on `device`, as `bbn eval` does)."""
     from bbn.tools.exported import graph_kind, load_graph
 
     kind = graph_kind(checkpoint_file(target))
     if kind is not None:
         return load_graph(Path(target), kind, device)
-    return checkpoint_predictor(target, device)
+    return checkpoint_predictor(target, device, precision)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -378,7 +387,8 @@ def write_results(results: list[dict[str, Any]], out: str | Path, predictor: Pre
 
 
 def predict_command(target: str | Path, images: Sequence[str | Path], topk: int = 5,
-                    out: str | Path | None = None, device_name: str = "auto") -> list[dict[str, Any]]:
+                    out: str | Path | None = None, device_name: str = "auto",
+                    precision: str | None = None) -> list[dict[str, Any]]:
     """`bbn predict`: the top-k classes of every readable image; written to `out` when given."""
     from bbn.devices import resolve_device
 
@@ -386,7 +396,7 @@ def predict_command(target: str | Path, images: Sequence[str | Path], topk: int 
         check_output(out, [checkpoint_file(target), *images])
     if topk < 1:
         raise BBNError(f"--topk {topk} must be at least 1")
-    predictor = load_predictor(target, resolve_device(device_name))
+    predictor = load_predictor(target, resolve_device(device_name), precision)
     results = predict_files(predictor, images, topk)
     if out is not None:
         write_results(results, out, predictor)
