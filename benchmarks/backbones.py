@@ -16,16 +16,14 @@ line gives the CPU, its vector extensions, torch and the threads used.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from bbn.config import build_config
+from bbn.engine.provenance import host_line
 from bbn.methods import METHODS, Batch, StepContext
 from bbn.models import create_model, num_params
 
@@ -37,27 +35,6 @@ NETWORKS = {
     "timm/efficientnet_b0": ("timm/efficientnet_b0", lambda s: {}),
     "timm/vit_tiny": ("timm/vit_tiny_patch16_224", lambda s: {"img_size": s, "patch_size": 8, "depth": 4}),
 }
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def host(threads: int) -> str:
-    """CPU model, cores, the vector extensions of FLAGS it has, torch version and threads."""
-    cpu, flags = platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.machine():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    have = ", ".join(f for f in FLAGS if f in flags) or "none of " + "/".join(FLAGS)
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return (f"{cpu}, {os.cpu_count()} cores ({have}); torch {torch.__version__}, {threads} threads{load}; "
-            f"Python {platform.python_version()}")
-
-
 def measure(name: str, bilateral: bool, size: int, batch: int, steps: int, repeats: int) -> dict[str, float]:
     """Median images/s of the training step of network `name` (BBN or plain)."""
     base, options = NETWORKS[name]
@@ -111,7 +88,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown network {unknown[0]!r}; choose from {', '.join(NETWORKS)}")
     variants = [v for v in args.variants.split(",") if v]
-    print(f"host: {host(args.threads)}")
+    print(f"host: {host_line()}")
     print(f"input {args.size}x{args.size}, batch {args.batch} (BBN: {args.batch} + {args.batch}), "
           f"median of {args.repeats} x {args.steps} steps after 1 warm-up step, fp32, channels-last\n")
     print("| network | variant | params (M) | images/step | train img/s |")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from backbones import host  # noqa: E402
-
-from bbn.config import DataConfig  # noqa: E402
-from bbn.data.transforms import crop_transform, read_image  # noqa: E402
+from bbn.config import DataConfig
+from bbn.data.transforms import crop_transform, read_image
+from bbn.engine.provenance import host_line
 
 SUFFIX = {"jpeg": ".jpg", "png": ".png"}
 
@@ -80,7 +77,7 @@ def main() -> int:
     cfg = DataConfig(source="image_folder", image_size=args.crop)
     train, test = crop_transform(cfg, train=True), crop_transform(cfg, train=False)
     torch.manual_seed(0)
-    print(f"host: {host(args.threads)}")
+    print(f"host: {host_line()}")
     print(f"{args.images} images per row, crop {args.crop}, one process, median of {args.repeats} passes "
           "after one untimed pass\n")
     print("| format | image | kB/image | decode img/s | decode + train crop img/s | decode + test crop img/s |")

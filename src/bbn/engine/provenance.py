@@ -46,7 +46,7 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 def host_report() -> dict[str, Any]:
     """What a speed figure depends on: the CPU model and cores, its speed flags present,
     oneDNN's version and CPU capability in this torch build, whether oneDNN runs bf16
-    natively, torch's threads and version, and the GPU if any."""
+    natively, torch's threads and version, the GPU if any, and the 1-minute load average."""
     cpu, flags = platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,6 +66,7 @@ def host_report() -> dict[str, Any]:
         "bf16_native": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # others' work on a shared host
     }
     return report
 
@@ -76,4 +77,5 @@ def host_line(report: dict[str, Any] | None = None) -> str:
     flags = ", ".join(r["flags"]) or "none of " + "/".join(SPEED_FLAGS)
     text = (f"{r['cpu']}, {r['cores']} cores ({flags}; native bf16: {'yes' if r['bf16_native'] else 'no'}); "
             f"torch {r['torch']}, oneDNN {r['onednn']} ({r['cpu_capability']}), {r['threads']} threads")
-    return text + (f"; GPU {r['gpu']}" if r["gpu"] else "")
+    text += f"; GPU {r['gpu']}" if r["gpu"] else ""
+    return text + (f"; load average {r['load']:.1f}" if r.get("load") is not None else "")
