@@ -43,6 +43,6 @@ $BBN analyze weight-norms $RUNS/table1/digits_ce/seed0 $RUNS/table1/digits_rw/se
 .venv/bin/python $HERE/feature_quality.py $RUNS/table1 "$SEEDS" $HERE/feature_quality.md
 
 # Speed switch parity: NCHW vs NHWC (channels_last, the default) on BBN and CE.
-$BBN reproduce digits_bbn digits_ce --seeds "$SEEDS" --jobs "$JOBS" train.tensorboard=false train.precision=fp32 \
+$BBN reproduce digits_bbn digits_ce --seeds "$SEEDS" --jobs "$JOBS" train.tensorboard=false train.precision=fp32 train.threads=1 \
     --grid train.channels_last=false,true --out $RUNS/parity_channels_last
 cp $RUNS/parity_channels_last/results.md $HERE/parity_channels_last.md
