@@ -140,3 +140,14 @@ def test_compile_keeps_names_and_refuses_other_models() -> None:
     assert list(model.state_dict()) == keys  # checkpoints stay loadable either way
     with pytest.raises(BBNError, match="train.compile=false"):
         compile_model(torch.nn.Linear(2, 2))
+
+
+def test_every_place_names_the_same_precisions() -> None:
+    """The config's values, the command line's choices and the resolver's names agree."""
+    from typing import get_args
+
+    from bbn.cli import PRECISION_CHOICES
+    from bbn.config import TrainConfig
+
+    assert set(get_args(TrainConfig.model_fields["precision"].annotation)) == set(PRECISION_CHOICES) \
+        == {"auto", *speed.PRECISIONS}

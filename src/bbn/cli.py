@@ -291,6 +291,10 @@ def cmd_study_two_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+# train.precision's values (bbn.engine.speed; named here so the parser needs no torch).
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bbn import __version__
 
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN|auto",
                    help="continue the run in folder RUN; 'auto' with CONFIG and --out: continue the run in "
                         "--out if it has the same config, reuse it if finished, else start it")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="with --resume RUN: continue in this precision instead of the run's own (the result "
                         "is then no longer bit-exact with an uninterrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -314,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder (its best.pt) or a checkpoint")
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="the forward pass's precision (default: the run's train.precision as it resolves here)")
     p.add_argument("--branch", choices=["all", "cb", "rb"], default="all",
                    help="all: the normal inference (alpha = 0.5); cb / rb: BBN-CB (W_c f_c + b) "
@@ -340,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="write the predictions there (default: a table)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="a checkpoint's forward pass (default: its train.precision as it resolves here)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="a run's or checkpoint's network as ONNX, a safetensors release file or "
