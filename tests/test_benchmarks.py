@@ -23,6 +23,7 @@ SMOKE: dict[str, list[str]] = {
     "cifar_full.py": ["--root", "{cifar}", "--device", "cpu", "--budget", "0.005", "data.imbalance_ratio=2",
                       "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1"],
     "demo_accuracy.py": ["--smoke", "--seeds", "1", "--out", "{tmp}"],
+    "eval_fold.py": ["--batch", "4", "--passes", "1", "--rounds", "1"],
     "file_throughput.py": ["--images", "16", "--side", "32", "--workers", "0", "--batch", "4", "--epochs", "1",
                            "--device", "cpu"],
     "folder_decode.py": ["--images", "2", "--sides", "32", "--repeats", "1"],
