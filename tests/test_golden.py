@@ -18,9 +18,10 @@ The step runs in float64: in float32, CPUs with other vector units round differe
 Manifold Mixup with two samplers (two batches mixed through train-mode BatchNorm on 8x8
 maps) amplifies that to 1 % of a gradient (an AVX512 host against the AVX2 host that
 recorded the fixture, 2026-12-02), while the float64 step on that AVX512 host agrees with
-the recorded float32 values to 1.3e-5 of a gradient's norm (float64 rounding between vector
-units is about 1e-12, far inside that). Integer draws are compared exactly; floats with rtol 1e-4, atol
-1e-6, a gradient's sum with atol 1e-4 x its norm (the sum cancels). A refactor that keeps behaviour changes only the thin
+the recorded float32 values to 1.3e-5 of a gradient's norm (float64 keeps 29 more bits, so
+the amplification that moves float32 by 1 % moves float64 by about 1e-11). Integer draws are
+compared exactly; floats with rtol 1e-4, atol 1e-6, a gradient's sum with atol 1e-4 x its
+norm (the sum cancels). A refactor that keeps behaviour changes only the thin
 calling code below (`make_method`, `draw_streams`, `run_step` and the spies of
 `step_record`), never the fixture.
 
