@@ -172,7 +172,8 @@ def test_a_diverging_export_is_refused(checkpoint: tuple[Path, torch.nn.Module],
 
     def off_by_one(_p: Path) -> Any:  # an exported graph whose logits are all 1 too high
         return lambda x: model(x).detach().numpy() + 1.0
-    monkeypatch.setitem(bbn.tools.export.WRITERS, "torchscript", (write, off_by_one))
+    monkeypatch.setitem(bbn.tools.export.WRITERS, "torchscript", write)
+    monkeypatch.setattr(bbn.tools.export, "load_back", off_by_one)
     assert_bad_input(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
                      "differs from the checkpoint's by 1 in a logit")
     assert list(tmp_path.iterdir()) == []

@@ -38,13 +38,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bbn.config import build_config
 from bbn.errors import BBNError, first_line
 from bbn.engine.evaluate import checkpoint_file
-from bbn.engine.release import read_release, release_state, write_release
+from bbn.engine.release import release_state, write_release
 from bbn.tools.exported import EXPORT_FORMAT, EXPORT_VERSION
 from bbn.tools.outputs import check_out
-from bbn.tools.predict import Predictor, checkpoint_predictor, model_from_checkpoint
+from bbn.tools.predict import Predictor, checkpoint_predictor, load_predictor
 from bbn.engine.runs import publish
 
 EXPORT_FORMATS = ("onnx", "safetensors", "torchscript")
@@ -123,37 +122,18 @@ def _write_safetensors(model: nn.Module, example: torch.Tensor, path: Path, meta
     return {"size": path.stat().st_size}
 
 
-def _run_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation note
-        loaded = torch.jit.load(str(path), map_location="cpu")
-    loaded.eval()
+def load_back(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """The logits of a batch from the written file, loaded as `bbn predict` loads it (an
+    exported graph from its own metadata; a release file's network in fp32)."""
+    loaded = load_predictor(path, torch.device("cpu"), precision="fp32")
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return loaded(x).numpy()
+            return (loaded.graph(x) if loaded.graph is not None else loaded.model(x)).numpy()
     return run
 
 
-def _run_onnx(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(["logits"], {"images": x.numpy()})[0]
-
-
-def _run_safetensors(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    payload = read_release(path)
-    model = model_from_checkpoint(payload, build_config(payload["config"]), path)
-
-    def run(x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return model(x).numpy()
-    return run
-
-
-WRITERS = {"torchscript": (_write_torchscript, _run_torchscript), "onnx": (_write_onnx, _run_onnx),
-           "safetensors": (_write_safetensors, _run_safetensors)}
+WRITERS = {"torchscript": _write_torchscript, "onnx": _write_onnx, "safetensors": _write_safetensors}
 
 
 def parity(model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor) -> tuple[float, float]:
@@ -186,14 +166,14 @@ def export_model(target: str | Path, fmt: str, out: str | Path, seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(2, *predictor.input_shape, generator=generator)
     check = torch.randn(3, *predictor.input_shape, generator=generator)  # another batch size
-    write, runner = WRITERS[fmt]
+    write = WRITERS[fmt]
     meta = release_metadata(predictor) if fmt == "safetensors" else metadata(predictor)
     fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         info = write(model, example, tmp, meta) or {}
-        diff, tol = parity(model, runner(tmp), check)
+        diff, tol = parity(model, load_back(tmp), check)
         if not diff <= tol:
             raise BBNError(f"the exported {fmt} model differs from the checkpoint's by {diff:.3g} in a logit "
                            f"(tolerance {tol:.3g}); nothing was written, report this with the checkpoint")
