@@ -135,14 +135,14 @@ def build_trainer(cfg: Config, pretrained: bool = True, skip_log: Path | None = 
     `pretrained=False` skips `model.pretrained` (a resumed run's weights come from last.pt);
     `skip_log` (rank 0) lists unreadable image files. The run trains with `effective_config(cfg)`
     (train.budget, train.lr_scale), in the precision `train.precision` resolves to on this
-    device, or for a resumed run (`resumed`, its last.pt) the one it was trained in
-    (`precision` overrides it: bbn.engine.speed.resumed_precision)."""
+    device, or for a resumed run (`resumed`, its last.pt) the one it was trained in;
+    `precision` overrides either (bbn.engine.speed.resumed_precision)."""
     check_names(cfg)
     recipe, cfg = cfg, effective_config(cfg)
     world, device_name = init_world(cfg.train.device)
     check_batch(cfg.train.batch_size, world)
     device = resolve_device(device_name)
-    mode = (resolve_precision(cfg.train.precision, device) if resumed is None
+    mode = (resolve_precision(precision or cfg.train.precision, device) if resumed is None
             else resumed_precision(resumed.get("precision"), cfg.train.precision, precision, device))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

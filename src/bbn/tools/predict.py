@@ -180,9 +180,14 @@ def _image_tensor(image: Any, position: int) -> torch.Tensor:
 Entry = tuple[Any, Callable[[], torch.Tensor]]  # (what the result names, the network input)
 
 
+def _file_entries(predictor: Predictor, paths: Sequence[str | Path]) -> list[Entry]:
+    """One entry per image file named or under the folders named (`image_files`)."""
+    return [(str(f), lambda f=f: predictor.load(f)) for f in image_files(paths)]
+
+
 def _entries(predictor: Predictor, item: Any, position: int) -> list[Entry]:
     if isinstance(item, (str, Path)):
-        return [(str(f), lambda f=f: predictor.load(f)) for f in image_files([item])]
+        return _file_entries(predictor, [item])
     tensor = _image_tensor(item, position)
     return [(position, lambda: predictor.prepare(tensor))]
 
@@ -336,10 +341,9 @@ def rank(predictor: Predictor, entries: Sequence[Entry], topk: int = 5, batch_si
 def predict_files(predictor: Predictor, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64,
                   warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
     """The top-k of every readable image file named or under the folders named (`rank`)."""
-    if topk < 1:
+    if topk < 1:  # before the folders are listed
         raise BBNError(f"--topk {topk} must be at least 1")
-    return rank(predictor, [(str(f), lambda f=f: predictor.load(f)) for f in image_files(paths)],
-                topk, batch_size, warn)
+    return rank(predictor, _file_entries(predictor, paths), topk, batch_size, warn)
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

@@ -143,9 +143,8 @@ def resume_run(path: str | Path, progress: bool = True, log=print,
         if not trainer.world.is_main:
             log = quiet_log
         where = state.position() if state.partial else f"after epoch {state.epoch}/{cfg.train.epochs}"
-        log(f"resuming {run.root} {where}, in the run's precision" if precision is None
-            else f"resuming {run.root} {where}")
-        log(trainer.precision.line())
+        log(f"resuming {run.root} {where}")
+        log(trainer.precision.line())  # the run's own, or the one --precision chose, and why
         log_recipe(trainer, log)
         with stopped_run(run, fresh=False):
             return run, fit(trainer, state, run, progress, log, on_finish=report_run)
