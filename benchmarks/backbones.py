@@ -35,6 +35,8 @@ NETWORKS = {
     "timm/efficientnet_b0": ("timm/efficientnet_b0", lambda s: {}),
     "timm/vit_tiny": ("timm/vit_tiny_patch16_224", lambda s: {"img_size": s, "patch_size": 8, "depth": 4}),
 }
+
+
 def measure(name: str, bilateral: bool, size: int, batch: int, steps: int, repeats: int) -> dict[str, float]:
     """Median images/s of the training step of network `name` (BBN or plain)."""
     base, options = NETWORKS[name]
@@ -45,7 +47,7 @@ def measure(name: str, bilateral: bool, size: int, batch: int, steps: int, repea
     labels = torch.arange(max(4 * batch, 20)) % 10  # every class present (the reversed sampler needs it)
     method = METHODS.get(method_name)(cfg, labels, 10)
     torch.manual_seed(0)
-    model = create_model(model_name, 10, 3, options=options(size)) if "/" in base else create_model(model_name, 10, 3)
+    model = create_model(model_name, 10, 3, options=options(size))
     model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)

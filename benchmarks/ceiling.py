@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from throughput import append_results, machine, measure
+from throughput import append_results, ceiling_of, machine, measure
 
 from bbn.engine.speed import bf16_fast
 from bbn.models import create_model
@@ -62,11 +62,16 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int 
     return best
 
 
-def ceilings_per_precision(smoke: bool = False) -> dict[str, float]:
+def image_flops(smoke: bool = False) -> float:
+    """FLOPs per training image of a BBN step (both branches' images counted)."""
+    batch = 8 if smoke else 128
+    return step_flops(batch) / (2 * batch)
+
+
+def ceilings_per_precision(flops_per_image: float, smoke: bool = False) -> dict[str, float]:
     """Ceiling images/s of a BBN step per precision this CPU runs natively (fp32; bf16 where
     oneDNN reports native bf16)."""
     sizes, repeats = ((64,), 1) if smoke else ((512, 1024, 2048), 10)
-    flops_per_image = step_flops(8 if smoke else 128) / (16 if smoke else 256)
     dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if bf16_fast(torch.device("cpu")) else {})}
     return {name: matmul_peak_gflops(sizes, repeats, dtype) * 1e9 / flops_per_image for name, dtype in dtypes.items()}
 
@@ -83,13 +88,13 @@ def main() -> int:
     if args.smoke and args.append:
         parser.error("--smoke figures mean nothing; drop --append")
     print(machine("cpu"))
-    flops_per_image = step_flops(8 if args.smoke else 128) / (16 if args.smoke else 256)
-    before = ceilings_per_precision(args.smoke)
+    flops_per_image = image_flops(args.smoke)
+    before = ceilings_per_precision(flops_per_image, args.smoke)
     rows = {name: measure(name, args.steps, args.warmup, "cpu", None, args.smoke) for name in VARIANTS}
     if any("error" in r for r in rows.values()):
         print("\n".join(f"{name} failed: {r['error']}" for name, r in rows.items() if "error" in r))
         return 1
-    after = ceilings_per_precision(args.smoke)  # measured before and after the variants: the better
+    after = ceilings_per_precision(flops_per_image, args.smoke)  # measured before and after the variants: the better
     ceilings = {name: max(before[name], after[name]) for name in before}
     reference = rows["reference"]["images_per_step"] / rows["reference"]["step_s"]
     lines = [f"FLOPs per training image (forward + backward, both branches counted): "
@@ -101,7 +106,7 @@ def main() -> int:
         rate = r["images_per_step"] / r["step_s"]
         precision = r.get("precision", "fp32")
         lines.append(f"| {name} | {precision} | {rate:,.0f} | {rate * flops_per_image / 1e9:,.0f} | "
-                     f"{rate / ceilings.get(precision, ceilings['fp32']):.0%} | {rate / reference:.2f}x |")
+                     f"{rate / ceiling_of(ceilings, precision):.0%} | {rate / reference:.2f}x |")
     for name, c in ceilings.items():
         lines.append(f"| ceiling ({name} matmul peak) | {name} | {c:,.0f} | {c * flops_per_image / 1e9:,.0f} | 100% | "
                      f"{c / reference:.2f}x |")

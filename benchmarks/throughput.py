@@ -303,6 +303,12 @@ def append_results(title: str, device: str, what: str, text: str) -> None:
                 f"Command: `{command.strip()}`. {what}\n\n{text}\n")
 
 
+def ceiling_of(ceilings: dict[str, float], precision: str) -> float:
+    """The ceiling (img/s, benchmarks/ceiling.py) of a variant's precision; fp32's where the
+    CPU has no native one."""
+    return ceilings.get(precision, ceilings["fp32"])
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median step time, with the range of the training rate over all runs
     (`rates`); a failed run is reported as the variant's result."""
@@ -328,7 +334,7 @@ def table(results: dict[str, dict[str, Any]], ceilings: dict[str, float] | None 
         spread = (f" [{min(r['rates']):,.0f}-{max(r['rates']):,.0f}]" if len(r.get("rates", [])) > 1 else "")
         ratio = f"{base / r['step_s']:.2f}x" if base else "n/a"
         precision = r.get("precision", "fp32")
-        share = f" {rate / ceilings[precision]:.0%} |" if ceilings else ""
+        share = f" {rate / ceiling_of(ceilings, precision):.0%} |" if ceilings else ""
         lines.append(f"| {name} | {precision} | {rate:,.0f}{spread} | {r['step_s'] * r['steps_per_epoch']:.1f} | "
                      f"{TEST_IMAGES / r['eval_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |{share}")
     return "\n".join(lines)
@@ -369,9 +375,9 @@ def main() -> int:
     results = {name: median_of(r) for name, r in runs.items()}
     ceilings = None
     if args.ceiling:
-        from ceiling import ceilings_per_precision
+        from ceiling import ceilings_per_precision, image_flops
 
-        ceilings = ceilings_per_precision(args.smoke)
+        ceilings = ceilings_per_precision(image_flops(args.smoke), args.smoke)
         print("ceilings (img/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
     text = table(results, ceilings)
     print(text)

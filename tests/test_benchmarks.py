@@ -32,7 +32,7 @@ SMOKE: dict[str, list[str]] = {
     "profile_step.py": ["--steps", "1", "train.batch_size=8", "train.threads=1"],
     "resnet50_step.py": ["--batch", "2", "--size", "32", "--steps", "1", "--device", "cpu"],
     "throughput.py": ["--smoke", "--steps", "1", "--warmup", "0", "--threads", "1",
-                      "--variants", "reference,ours"],
+                      "--variants", "reference,ours", "--ceiling"],
 }
 
 
